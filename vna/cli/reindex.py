@@ -1,0 +1,34 @@
+"""`vna reindex`: rebuild the index from the layout alone."""
+
+from __future__ import annotations
+
+import argparse
+
+from vna.index.engine import open_index
+from vna.layout import Layout
+from vna.quarantine import QuarantineStore
+from vna.reindex import reindex
+from vna.settings import Settings
+
+NAME = "reindex"
+HELP = "rebuild the index from the files in the layout (and quarantine)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--yes", action="store_true", help="really replace the index's catalogue")
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.yes:
+        print("vna reindex replaces every patient, study, series and instance row; add --yes to proceed")
+        return 2
+    report = reindex(
+        open_index(settings.index.url),
+        Layout(settings.archive.root, settings.archive.fsync),
+        QuarantineStore(settings.archive.quarantine, settings.archive.fsync),
+        progress=lambda n: print(f"  {n} instances indexed", flush=True),
+    )
+    for problem in report.problems:
+        print(f"skipped {problem}")
+    print(f"reindexed {report.instances} instances, {report.quarantined} quarantine entries; {len(report.problems)} skipped")
+    return 1 if report.problems else 0

@@ -1,0 +1,38 @@
+"""`vna status`: counts per source and outcome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vna.index.engine import open_index
+from vna.settings import Settings
+from vna.status import collect, human_bytes
+
+NAME = "status"
+HELP = "show what the archive holds and what became of the input, per source"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    report = collect(open_index(settings.index.url))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    t = report["totals"]
+    print(
+        f"archive: {t['instances']} instances ({human_bytes(t['bytes'])}) in {t['studies']} studies, "
+        f"{t['series']} series, {t['patients']} patients; change feed at {t['change_feed_head']}"
+    )
+    print(f"{'source':<20} {'archived':>10} {'size':>10} {'duplicates':>11} {'quarantined':>12}  last received")
+    for name, s in report["sources"].items():
+        print(
+            f"{name:<20} {s['archived']:>10} {human_bytes(s['bytes']):>10} {s['duplicates']:>11} "
+            f"{s['quarantined']:>12}  {s['last_received'] or '-'}"
+        )
+        for reason, n in sorted(s["quarantine_reasons"].items()):
+            print(f"{'':<20}   quarantined {reason}: {n}")
+    return 0

@@ -1,0 +1,1 @@
+"""The metadata index: schema, engine set-up and migrations."""

@@ -1,0 +1,94 @@
+"""Opening the index: one engine per process, migrated to the current schema.
+
+SQLite runs in WAL mode with synchronous=FULL: a commit that returned is on
+disk, which the ingest relies on before it removes a drop file. PostgreSQL is
+reached through psycopg 3.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from vna.errors import SettingsError, TargetUnavailable
+
+logger = logging.getLogger(__name__)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def create(url: str) -> Engine:
+    """An engine for `url`, with the per-connection settings each backend needs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError(f"index.url: {url!r} is not a database URL") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise SettingsError("index.url: use the psycopg 3 driver (postgresql+psycopg://)")
+        return create_engine(url, pool_pre_ping=True)
+    raise SettingsError(f"index.url: backend {backend!r} is not supported (sqlite, postgresql)")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN, so writers take the lock up front.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA cache_size=-65536")
+    cur.close()
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+
+
+def alembic_config(engine: Engine) -> Config:
+    """Alembic configured in code: the migrations ship inside the package."""
+    cfg = Config()
+    location = resources.files("vna.index") / "migrations"
+    cfg.set_main_option("script_location", str(location))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (idempotent)."""
+    cfg = alembic_config(engine)
+    try:
+        if engine.dialect.name == "postgresql":
+            # Several processes may start at once against one database.
+            with engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(7243610)"))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        else:
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise TargetUnavailable(f"index database unreachable: {exc.orig}") from None
+
+
+def open_index(url: str) -> Engine:
+    """Create the engine and migrate: what every process does at start."""
+    engine = create(url)
+    upgrade(engine)
+    return engine

@@ -1,0 +1,155 @@
+"""The index schema (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+The columns holding DICOM attributes are generated from `vna.attributes`, so the
+schema, extraction at ingest and query matching never disagree. The layout is
+the source of truth; everything here except the history tables can be rebuilt
+from it (`vna reindex`). Changes go through Alembic migrations in
+`vna/index/migrations`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from vna.attributes import Level, Match, at_level
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; BigInteger elsewhere.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _attribute_columns(level: Level, skip: set[str]) -> list[Column[object]]:
+    cols: list[Column[object]] = []
+    for attr in at_level(level):
+        if attr.column in skip:
+            continue
+        if attr.match is Match.INTEGER:
+            cols.append(Column(attr.column, Integer, nullable=True))
+        else:
+            cols.append(Column(attr.column, String(attr.length), nullable=True))
+    return cols
+
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("issuer_of_patient_id", String(64), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    # Empty string, not NULL, for a missing ID or issuer, so the unique key holds.
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer_of_patient_id", String(64), nullable=False),
+    *_attribute_columns(Level.PATIENT, {"patient_id", "issuer_of_patient_id"}),
+    Column("patient_name_folded", String(324), nullable=True),
+    UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_identity"),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("patient_pk", BigId, ForeignKey("patients.id"), nullable=False, index=True),
+    *_attribute_columns(Level.STUDY, {"study_uid"}),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_studies_study_date", "study_date"),
+    Index("ix_studies_accession_number", "accession_number"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("series_uid", String(64), nullable=False, unique=True),
+    Column("study_pk", BigId, ForeignKey("studies.id"), nullable=False, index=True),
+    *_attribute_columns(Level.SERIES, {"series_uid"}),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_series_modality", "modality"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("sop_uid", String(64), nullable=False, unique=True),
+    Column("series_pk", BigId, ForeignKey("series.id"), nullable=False, index=True),
+    *_attribute_columns(Level.INSTANCE, {"sop_uid"}),
+    Column("path", String(300), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("digest", String(32), nullable=False),
+    Column("content_digest", String(32), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("ix_instances_received_at", "received_at"),
+    Index("ix_instances_source", "source"),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # created | replaced | deleted
+    Column("sop_uid", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("path", String(300), nullable=False),
+    Column("digest", String(32), nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(32), primary_key=True),  # deterministic: source, drop path, content
+    Column("source", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("drop_path", Text, nullable=False),
+    Column("stored_path", Text, nullable=False),
+    Column("sop_uid", String(64), nullable=True),
+    Column("digest", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # held | released
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_quarantine_source_reason", "source", "reason"),
+)
+
+duplicates = Table(
+    "duplicates",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("drop_path", Text, nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("digest", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_duplicates_source", "source"),
+)

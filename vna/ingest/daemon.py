@@ -1,0 +1,309 @@
+"""The ingest daemon: from drop folders to layout and index, one batch at a time.
+
+Worker processes prepare files in parallel (parse, coerce, write a staged copy,
+hash); this process commits their results in batches (`commit.Committer`), so
+the index sees one writer per daemon and one transaction per batch. Candidates
+come from a scan at start, a rescan every `rescan_seconds`, and file-system
+events in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from vna import digest
+from vna.errors import TargetUnavailable
+from vna.ingest.coerce import Rules
+from vna.ingest.commit import Committer, Outcome, received_now
+from vna.ingest.prepare import Job, Rejected, Result, Skipped, init_worker, prepare
+from vna.ingest.scan import Candidate, ignored, is_settled, scan
+from vna.ingest.watch import Watchers
+from vna.layout import Layout
+from vna.quarantine import QuarantineStore, Reason
+from vna.settings import Settings, SourceSettings
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 8  # files per worker task
+MAX_CRASHES = 3  # a file that kills a worker this often is quarantined
+DEFER_SECONDS = 5.0
+
+
+def prepare_many(jobs: list[Job]) -> list[Result]:
+    """Worker entry point: a few files per task keeps the pool's overhead small."""
+    return [prepare(job) for job in jobs]
+
+
+def rules_for(src: SourceSettings) -> Rules:
+    return Rules(
+        source=src.name,
+        issuer_of_patient_id=src.issuer_of_patient_id,
+        override_issuer=src.override_issuer,
+        set=dict(src.coerce.set),
+        replace={k: dict(v) for k, v in src.coerce.replace.items()},
+        remove=tuple(src.coerce.remove),
+    )
+
+
+class IngestDaemon:
+    """Runs until stopped (`run`) or until the drop folders are drained (`run(once=True)`)."""
+
+    def __init__(self, settings: Settings, engine: Engine, on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.archive.root, settings.archive.fsync)
+        self.quarantine = QuarantineStore(settings.archive.quarantine, settings.archive.fsync)
+        self.committer = Committer(settings, engine, self.layout, self.quarantine)
+        self.sources = {s.name: s for s in settings.sources}
+        self.rules = {s.name: rules_for(s) for s in settings.sources}
+        self.pending: dict[str, Candidate] = {}
+        self.in_flight: dict[Future[list[Result]], list[Job]] = {}
+        self.busy: set[str] = set()  # submitted, and not yet committed
+        self.counts: Counter[str] = Counter()
+        self.stop_event = threading.Event()
+        self.on_outcome = on_outcome
+        self._pool: ProcessPoolExecutor | None = None
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self, once: bool = False) -> Counter[str]:
+        """Take files in until `stop()` (or, with `once`, until nothing is left); return counts."""
+        ingest = self.settings.ingest
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        self.quarantine.root.mkdir(parents=True, exist_ok=True)
+        for src in self.settings.sources:
+            src.drop.mkdir(parents=True, exist_ok=True)
+        self.committer.recover()
+        watchers = None if once else Watchers(self.settings.sources)
+        if watchers:
+            watchers.start()
+        self._start_pool()
+        results: list[Result] = []
+        next_rescan = 0.0
+        backoff = 1.0
+        try:
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if now >= next_rescan:
+                    self._rescan()
+                    next_rescan = now + ingest.rescan_seconds
+                if watchers:
+                    self._drain_hints(watchers.hints)
+                self._submit()
+                results.extend(self._collect(timeout=0.2 if self.in_flight else 0))
+                flush = len(results) >= ingest.batch_size or (results and not self.in_flight)
+                if flush:
+                    try:
+                        self._commit(results)
+                        backoff = 1.0
+                    except TargetUnavailable as exc:
+                        logger.error("index unavailable, retrying in %.0fs: %s", backoff, exc)
+                        for r in results:
+                            self._defer(r.job.path)
+                        self.stop_event.wait(backoff)
+                        backoff = min(backoff * 2, 60.0)
+                    results = []
+                if not self.in_flight and not results:
+                    if once and not self.pending:
+                        self._rescan()
+                        if not self.pending:
+                            break
+                    self._idle(watchers)
+        finally:
+            if results:
+                self._commit(results)
+            self._shutdown_pool()
+            if watchers:
+                watchers.stop()
+            self.layout.close()
+        return self.counts
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- candidates -------------------------------------------------------
+
+    def _rescan(self) -> None:
+        limit = self.settings.ingest.max_pending
+        for src in self.settings.sources:
+            for cand in scan(src.name, src.drop, self.settings.ingest.ignore):
+                if len(self.pending) >= limit:
+                    return
+                self._add(cand)
+
+    def _add(self, cand: Candidate) -> None:
+        known = self.pending.get(cand.path)
+        if known is None:
+            self.pending[cand.path] = cand
+        elif known.mtime != cand.mtime:
+            known.mtime = cand.mtime
+
+    def _drain_hints(self, hints: queue.SimpleQueue[tuple[str, str, bool]]) -> None:
+        seen = 0
+        while seen < 10000:
+            try:
+                source, path, is_dir = hints.get_nowait()
+            except queue.Empty:
+                return
+            seen += 1
+            src = self.sources.get(source)
+            if src is None:
+                continue
+            rel = os.path.relpath(path, src.drop)
+            if rel.startswith("..") or any(ignored(part, self.settings.ingest.ignore) for part in Path(rel).parts):
+                continue
+            if is_dir:
+                for cand in scan(source, src.drop, self.settings.ingest.ignore, Path(path)):
+                    self._add(cand)
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self._add(Candidate(source, path, rel.replace(os.sep, "/"), st.st_mtime))
+
+    def _idle(self, watchers: Watchers | None) -> None:
+        """Sleep until a file could have settled or an event arrives."""
+        settle = self.settings.ingest.settle_seconds
+        wait_for = 1.0
+        if self.pending:
+            now = time.time()
+            soonest = min(c.mtime + settle - now for c in self.pending.values())
+            wait_for = max(0.05, min(wait_for, soonest))
+        if watchers is None:
+            self.stop_event.wait(wait_for)
+            return
+        deadline = time.monotonic() + wait_for
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            try:
+                hint = watchers.hints.get(timeout=min(0.1, wait_for))
+            except queue.Empty:
+                continue
+            watchers.hints.put(hint)
+            return
+
+    # -- work -------------------------------------------------------------
+
+    def _ready(self, limit: int) -> list[Candidate]:
+        settle = self.settings.ingest.settle_seconds
+        busy = self.busy
+        now, mono = time.time(), time.monotonic()
+        ready = [
+            c
+            for c in self.pending.values()
+            if c.path not in busy and c.not_before <= mono and is_settled(c.mtime, settle, now)
+        ]
+        ready.sort(key=lambda c: c.mtime)
+        return ready[:limit]
+
+    def _submit(self) -> None:
+        workers = max(1, self.settings.ingest.workers)
+        room = workers * 3 - len(self.in_flight)
+        if room <= 0:
+            return
+        ready = self._ready(room * CHUNK)
+        staging = str(self.layout.staging_dir())
+        for i in range(0, len(ready), CHUNK):
+            jobs = [self._job(c, staging) for c in ready[i : i + CHUNK]]
+            self.busy.update(j.path for j in jobs)
+            if self._pool is None:
+                fut: Future[list[Result]] = Future()
+                fut.set_result(prepare_many(jobs))
+            else:
+                fut = self._pool.submit(prepare_many, jobs)
+            self.in_flight[fut] = jobs
+
+    def _job(self, cand: Candidate, staging: str) -> Job:
+        return Job(
+            source=cand.source,
+            path=cand.path,
+            relpath=cand.relpath,
+            rules=self.rules[cand.source],
+            staging=staging,
+            durable=self.settings.archive.fsync,
+            received=received_now(),
+        )
+
+    def _collect(self, timeout: float) -> list[Result]:
+        if not self.in_flight:
+            return []
+        done, _ = wait(list(self.in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+        out: list[Result] = []
+        broken = False
+        for fut in done:
+            jobs = self.in_flight.pop(fut)
+            try:
+                out.extend(fut.result())
+            except BrokenProcessPool:
+                broken = True
+                out.extend(self._after_crash(jobs))
+        if broken:
+            for fut, jobs in list(self.in_flight.items()):
+                self.in_flight.pop(fut)
+                out.extend(self._after_crash(jobs))
+            self._shutdown_pool()
+            self._start_pool()
+        return out
+
+    def _after_crash(self, jobs: list[Job]) -> list[Result]:
+        """A worker died (a file crashed the parser?): retry, then quarantine the culprit."""
+        out: list[Result] = []
+        for job in jobs:
+            cand = self.pending.get(job.path)
+            if cand is None:
+                continue
+            cand.attempts += 1
+            if cand.attempts < MAX_CRASHES:
+                out.append(Skipped(job, "a worker process died; trying again"))
+                continue
+            try:
+                with open(job.path, "rb") as fh:
+                    file_digest = digest.of_stream(fh)
+                size = os.path.getsize(job.path)
+            except OSError:
+                out.append(Skipped(job, "vanished", vanished=True))
+                continue
+            out.append(Rejected(job, Reason.UNREADABLE, "the parser crashed on this file repeatedly", file_digest, size, None))
+        return out
+
+    def _commit(self, results: list[Result]) -> None:
+        try:
+            outcomes = self.committer.commit(results)
+        finally:
+            self.busy.difference_update(r.job.path for r in results)
+        for outcome in outcomes:
+            self.counts[outcome.outcome] += 1
+            if outcome.outcome == "deferred":
+                self._defer(outcome.path)
+            else:
+                self.pending.pop(outcome.path, None)
+            if outcome.outcome != "deferred":
+                outcome.log()
+            if self.on_outcome:
+                self.on_outcome(outcome)
+
+    def _defer(self, path: str) -> None:
+        cand = self.pending.get(path)
+        if cand is not None:
+            cand.not_before = time.monotonic() + DEFER_SECONDS
+
+    def _start_pool(self) -> None:
+        workers = self.settings.ingest.workers
+        self._pool = ProcessPoolExecutor(max_workers=workers, initializer=init_worker) if workers > 0 else None
+        if self._pool is None:
+            init_worker()
+
+    def _shutdown_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,209 @@
+"""Preparing one drop file: parse, validate, coerce, write a staged archive copy, hash.
+
+This runs in worker processes, so it takes and returns plain picklable
+records and touches neither the index nor the layout: the committer in the
+main process decides, with the index in hand, what becomes of the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from vna import digest, part10
+from vna.attributes import ATTRIBUTES, Match
+from vna.errors import InvalidInput
+from vna.index.writer import InstanceRecord
+from vna.ingest.coerce import Rules, apply
+from vna.layout import instance_relpath, is_valid_uid
+from vna.quarantine import Reason
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+class MissingUID(InvalidInput):
+    reason = Reason.MISSING_UID.value
+
+
+class BadUID(InvalidInput):
+    reason = Reason.INVALID_UID.value
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to take in: from a drop folder, or back out of quarantine (retry)."""
+
+    source: str
+    path: str  # absolute path of the file
+    relpath: str  # path below the drop folder, kept in logs and quarantine
+    rules: Rules
+    staging: str
+    durable: bool
+    received: dt.datetime
+    quarantine_id: str | None = None  # set when retrying a quarantined file
+
+
+@dataclass
+class Prepared:
+    job: Job
+    staged: str
+    record: InstanceRecord
+    stat: tuple[int, int]  # (size, mtime_ns) of the input when it was read
+
+
+@dataclass
+class Rejected:
+    job: Job
+    reason: Reason
+    detail: str
+    digest: str
+    size: int
+    sop_uid: str | None
+
+
+@dataclass
+class Skipped:
+    """Not taken this time (still being written, vanished, unreadable for now)."""
+
+    job: Job
+    why: str
+    vanished: bool = False
+
+
+Result = Prepared | Rejected | Skipped
+
+
+def init_worker() -> None:
+    """Worker process start-up: pydicom's warnings about odd values are not failures."""
+    warnings.filterwarnings("ignore", module="pydicom")
+
+
+def prepare(job: Job) -> Result:
+    """Turn one input file into a staged archive copy, or a reason to quarantine it."""
+    path = Path(job.path)
+    try:
+        before = _stat(path)
+    except FileNotFoundError:
+        return Skipped(job, "vanished before it was read", vanished=True)
+    except OSError as exc:
+        return Skipped(job, f"cannot stat: {exc.strerror}")
+    staged = Path(job.staging) / f"{uuid.uuid4().hex}.dcm"
+    try:
+        header = part10.read_header(path)
+        ds = header.dataset
+        sop_uid = _validate_uids(ds)
+        content = part10.content_digest(path, header.content_offset)
+        apply(ds, job.rules, job.received, content)
+        attributes = extract(ds)
+        relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, sop_uid)
+        file_digest, size = part10.write_archived(header, path, staged, job.durable)
+    except FileNotFoundError:
+        staged.unlink(missing_ok=True)
+        return Skipped(job, "vanished while it was read", vanished=True)
+    except InvalidInput as exc:
+        staged.unlink(missing_ok=True)
+        return _reject(job, path, _reason(exc), str(exc), _sop_uid_of(locals().get("ds")))
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        return Skipped(job, f"I/O error: {exc}")
+    except Exception as exc:  # a malformed file must never stop the daemon
+        staged.unlink(missing_ok=True)
+        logger.debug("unexpected error preparing %s", path, exc_info=True)
+        return _reject(job, path, Reason.UNREADABLE, f"{type(exc).__name__}: {exc}", None)
+    try:
+        after = _stat(path)
+    except FileNotFoundError:
+        staged.unlink(missing_ok=True)
+        return Skipped(job, "vanished while it was read", vanished=True)
+    if after != before:
+        staged.unlink(missing_ok=True)
+        return Skipped(job, "changed while it was read (still being written?)")
+    record = InstanceRecord(
+        attributes=attributes,
+        path=relpath,
+        size=size,
+        digest=file_digest,
+        content_digest=content,
+        transfer_syntax_uid=str(header.transfer_syntax),
+        source=job.source,
+        received_at=job.received,
+    )
+    return Prepared(job, str(staged), record, before)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _validate_uids(ds: Dataset) -> str:
+    for keyword in REQUIRED_UIDS:
+        value = ds.get(keyword)
+        if value is None or str(value).strip() == "":
+            raise MissingUID(f"{keyword} is missing or empty")
+        if not is_valid_uid(str(value)):
+            raise BadUID(f"{keyword} {str(value)[:80]!r} is not a valid UID (digits and dots, at most 64)")
+    return str(ds.SOPInstanceUID)
+
+
+def _reason(exc: InvalidInput) -> Reason:
+    try:
+        return Reason(exc.reason)
+    except ValueError:
+        return Reason.UNREADABLE
+
+
+def _sop_uid_of(ds: Any) -> str | None:
+    if isinstance(ds, Dataset):
+        value = str(ds.get("SOPInstanceUID", ""))
+        return value if is_valid_uid(value) else None
+    return None
+
+
+def _reject(job: Job, path: Path, reason: Reason, detail: str, sop_uid: str | None) -> Result:
+    try:
+        with path.open("rb") as fh:
+            file_digest = digest.of_stream(fh)
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return Skipped(job, "vanished while it was read", vanished=True)
+    except OSError as exc:
+        return Skipped(job, f"I/O error: {exc}")
+    return Rejected(job, reason, detail, file_digest, size, sop_uid)
+
+
+def extract(ds: Dataset) -> dict[str, Any]:
+    """The index columns of `vna.attributes` from a dataset, cut to their stored length."""
+    out: dict[str, Any] = {}
+    for attr in ATTRIBUTES:
+        try:
+            value = ds.get(attr.keyword)
+        except Exception:  # a malformed value is left out of the index, not fatal
+            value = None
+        if value is None or value == "":
+            out[attr.column] = None
+            continue
+        if attr.match is Match.INTEGER:
+            first = value[0] if isinstance(value, MultiValue) and len(value) else value
+            try:
+                out[attr.column] = int(first)
+            except (TypeError, ValueError):
+                out[attr.column] = None
+            continue
+        if isinstance(value, MultiValue):
+            text = "\\".join(str(v) for v in value)
+        else:
+            text = str(value)
+        out[attr.column] = text[: attr.length] or None
+    return out

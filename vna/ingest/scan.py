@@ -1,0 +1,64 @@
+"""Finding drop files: full scans of a source's folder, and the settle rule.
+
+A scan at start-up and a periodic rescan make sure nothing dropped while the
+daemon was down, or missed by file-system events (NFS and SMB shares raise
+none), is left behind. A file is taken only once its modification time is at
+least `settle_seconds` old, so a file still being written is never taken; the
+worker checks again that size and mtime did not change while it read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Candidate:
+    """A drop file the daemon knows of and has not finished with."""
+
+    source: str
+    path: str
+    relpath: str
+    mtime: float
+    not_before: float = 0.0  # monotonic time before which it is not tried again
+    attempts: int = 0
+
+
+def ignored(name: str, patterns: Sequence[str]) -> bool:
+    """True when a file or folder name matches one of the ignore patterns."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def scan(source: str, root: Path, patterns: Sequence[str], start: Path | None = None) -> Iterator[Candidate]:
+    """Every file below `start` (default: the whole drop folder), skipping ignored names."""
+    stack = [start or root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError:
+            continue
+        for entry in entries:
+            if ignored(entry.name, patterns):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+                    yield Candidate(source, entry.path, rel, st.st_mtime)
+            except FileNotFoundError:
+                continue
+
+
+def is_settled(mtime: float, settle_seconds: float, now: float | None = None) -> bool:
+    """A file is settled once its mtime is at least `settle_seconds` in the past."""
+    return ((now if now is not None else time.time()) - mtime) >= settle_seconds

@@ -1,0 +1,230 @@
+"""The standard on-disk layout (tier 0, and the same relative paths on every replica).
+
+    <root>/studies/<StudyInstanceUID>/series/<SeriesInstanceUID>/instances/<SOPInstanceUID>.dcm
+
+A UID becomes part of a path only after `check_uid` accepted it, so nothing a
+file or a request carries can name a path outside the layout. Files enter the
+layout only by `place`, an atomic rename of a fully written, fsynced staging file
+followed by an fsync of every folder the rename touched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vna.errors import InvalidInput
+
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+UID_MAX_LENGTH = 64
+STUDIES = "studies"
+STAGING = ".staging"
+LOCK = "lock"
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class InvalidUID(InvalidInput):
+    """A UID that may not become part of a path or a query."""
+
+    reason = "invalid-uid"
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a UID of digits and dots, at most 64 characters (PS3.5 9.1)."""
+    return (
+        isinstance(value, str)
+        and len(value) <= UID_MAX_LENGTH
+        and UID_PATTERN.fullmatch(value) is not None
+    )
+
+
+def check_uid(value: object, what: str) -> str:
+    """Return `value` if it may name a path component; else raise InvalidUID naming `what`."""
+    if not is_valid_uid(value):
+        shown = repr(value)[:80]
+        raise InvalidUID(f"{what} {shown} is not a valid UID (digits and dots, at most 64)")
+    assert isinstance(value, str)
+    return value
+
+
+def is_valid_source_name(name: str) -> bool:
+    """Source names become folder names in quarantine, so they are kept plain."""
+    return _SOURCE_NAME.fullmatch(name) is not None
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The layout path of an instance, relative to the archive root, with '/' separators."""
+    check_uid(study_uid, "StudyInstanceUID")
+    check_uid(series_uid, "SeriesInstanceUID")
+    check_uid(sop_uid, "SOPInstanceUID")
+    return f"{STUDIES}/{study_uid}/series/{series_uid}/instances/{sop_uid}.dcm"
+
+
+@dataclass(frozen=True)
+class LayoutEntry:
+    """A file found in the layout, with the UIDs its path claims."""
+
+    relpath: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+
+def parse_relpath(relpath: str) -> LayoutEntry | None:
+    """The UIDs a layout path names, or None if the path is not a layout instance path."""
+    parts = relpath.split("/")
+    if len(parts) != 6 or parts[0] != STUDIES or parts[2] != "series" or parts[4] != "instances":
+        return None
+    if not parts[5].endswith(".dcm"):
+        return None
+    study, series, sop = parts[1], parts[3], parts[5][:-4]
+    if not (is_valid_uid(study) and is_valid_uid(series) and is_valid_uid(sop)):
+        return None
+    return LayoutEntry(relpath, study, series, sop)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new child) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: Path, durable: bool = True) -> list[Path]:
+    """Create `path` and its missing parents; return the parents whose entries changed."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    changed: list[Path] = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        changed.append(d.parent)
+    if durable:
+        for parent in changed:
+            fsync_dir(parent)
+    return changed
+
+
+class Layout:
+    """Tier 0 on a local (or mounted) filesystem."""
+
+    def __init__(self, root: Path, durable: bool = True) -> None:
+        self.root = root
+        self.durable = durable
+        self._staging: tuple[Path, int] | None = None
+        self._claimed: dict[Path, int] = {}
+
+    def path(self, relpath: str) -> Path:
+        """Absolute path of a layout-relative path (which was built from checked UIDs)."""
+        return self.root / relpath
+
+    def staging_dir(self) -> Path:
+        """This process's own staging folder, on the layout's filesystem, locked while alive.
+
+        The lock (flock on a file inside) is what tells a later process that the
+        owner is gone, robust against PID reuse.
+        """
+        if self._staging is None:
+            d = self.root / STAGING / f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+            d.mkdir(parents=True, exist_ok=True)
+            fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._staging = (d, fd)
+        return self._staging[0]
+
+    def claim_stale_staging(self) -> list[Path]:
+        """Staging folders whose owner died; the caller replays and then `release_staging`s them."""
+        base = self.root / STAGING
+        claimed: list[Path] = []
+        if not base.is_dir():
+            return claimed
+        own = self._staging[0] if self._staging else None
+        for d in sorted(base.iterdir()):
+            if d == own or not d.is_dir():
+                continue
+            try:
+                fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._claimed[d] = fd
+            claimed.append(d)
+        return claimed
+
+    def release_staging(self, d: Path) -> None:
+        """Delete a claimed stale staging folder and everything in it."""
+        for f in d.iterdir():
+            if f.is_file():
+                f.unlink()
+        fd = self._claimed.pop(d, None)
+        if fd is not None:
+            os.close(fd)
+        d.rmdir()
+
+    def close(self) -> None:
+        """Release this process's staging folder (it must be empty of work by then)."""
+        if self._staging is not None:
+            d, fd = self._staging
+            self._staging = None
+            for f in d.iterdir():
+                f.unlink()
+            os.close(fd)
+            d.rmdir()
+
+    def place(self, staged: Path, relpath: str) -> set[Path]:
+        """Rename a complete staged file into the layout; return folders to fsync."""
+        dest = self.path(relpath)
+        dirs = set(makedirs_durable(dest.parent, durable=False))
+        os.replace(staged, dest)
+        dirs.add(dest.parent)
+        return dirs
+
+    def sync_dirs(self, dirs: Iterable[Path]) -> None:
+        """fsync every folder a batch of renames touched, deepest first."""
+        if not self.durable:
+            return
+        for d in sorted(set(dirs), key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(d)
+
+    def walk(self) -> Iterator[str]:
+        """Every regular file below studies/, as a relative path, study by study, sorted."""
+        studies = self.root / STUDIES
+        if not studies.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(studies):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for name in sorted(filenames):
+                yield f"{rel}/{name}"
+
+    def study_dirs(self) -> list[str]:
+        """Names of the study folders present, sorted."""
+        studies = self.root / STUDIES
+        if not studies.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(studies) if e.is_dir(follow_symlinks=False))
+
+    def walk_study(self, study: str) -> Iterator[str]:
+        """Every regular file below one study folder, as a relative path."""
+        base = self.root / STUDIES / study
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for name in sorted(filenames):
+                yield f"{rel}/{name}"

@@ -1,0 +1,286 @@
+"""Reading and writing DICOM Part 10 files with the pixel data kept bit-exact.
+
+A file is read in two parts: the header (everything before the top-level pixel
+data element), which pydicom parses and normalization may change, and the tail
+(the pixel data element and whatever follows it), which is never decoded: it is
+checked for completeness and copied byte for byte into the archived file. The
+header is written back in the same encoding, so the copied tail stays valid.
+Deflated files are the exception: their whole dataset is compressed, so they
+are read and rewritten whole by pydicom (pixel values still untouched).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
+
+from vna import digest
+from vna.errors import InvalidInput
+
+IMPLEMENTATION_CLASS_UID = UID("2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:vna:implementation").int))
+IMPLEMENTATION_VERSION_NAME = "VNA_0_1"
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+_ITEM = 0xFFFEE000
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
+_UNCOMPRESSED = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian)
+
+
+class DicomFileError(InvalidInput):
+    """A drop file that cannot be archived; `reason` is a stable quarantine reason."""
+
+    reason = "unreadable"
+
+
+class EmptyFile(DicomFileError):
+    reason = "empty-file"
+
+
+class NotDicom(DicomFileError):
+    reason = "not-dicom"
+
+
+class Truncated(DicomFileError):
+    reason = "truncated"
+
+
+class Unreadable(DicomFileError):
+    reason = "unreadable"
+
+
+class DicomDir(DicomFileError):
+    reason = "dicomdir"
+
+
+@dataclass
+class Header:
+    """A parsed header and where the untouched tail of the file begins."""
+
+    dataset: Dataset
+    transfer_syntax: UID
+    implicit_vr: bool
+    little_endian: bool
+    tail_offset: int
+    size: int
+    content_offset: int  # where the dataset proper (after the file meta group) begins
+    whole: bool  # True when the dataset was read whole (deflated), with no raw tail
+
+
+def read_header(path: Path) -> Header:
+    """Parse a drop file's header and check that the rest of it is complete."""
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyFile("the file is empty (0 bytes)")
+    with path.open("rb") as fh:
+        ds = _parse(fh, size)
+        tail_offset = fh.tell()
+        meta = ds.file_meta if isinstance(getattr(ds, "file_meta", None), FileMetaDataset) else None
+        if meta is not None and meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+            raise DicomDir("a DICOMDIR (media directory) is not an instance to archive")
+        implicit, little = _actual_encoding(ds)
+        declared = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+        syntax = _reconcile_syntax(declared, implicit, little)
+        whole = syntax == DeflatedExplicitVRLittleEndian
+        if whole:
+            fh.seek(0)
+            ds = _parse(fh, size, stop_before_pixels=False)
+            tail_offset = size
+        elif tail_offset < size:
+            _check_tail(fh, tail_offset, size, implicit, little)
+        else:
+            _check_no_missing_pixels(ds)
+        content_offset = _content_offset(fh, meta, little)
+    return Header(ds, syntax, implicit, little, tail_offset, size, content_offset, whole)
+
+
+def _parse(fh: BinaryIO, size: int, stop_before_pixels: bool = True) -> Dataset:
+    try:
+        try:
+            return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            # No preamble: a bare dataset. Accept it only if it parses as one;
+            # validation of the UIDs afterwards rejects random bytes that happen to.
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, force=True)
+            if len(ds) == 0 or "SOPInstanceUID" not in ds:
+                raise NotDicom("no DICOM preamble and no readable DICOM dataset") from None
+            return ds
+    except DicomFileError:
+        raise
+    except EOFError as exc:
+        raise Truncated(f"the header ends early ({size} bytes): {exc}") from None
+    except Exception as exc:  # pydicom raises many types for malformed input
+        if fh.tell() >= size:
+            raise Truncated(f"the header ends early ({size} bytes): {exc}") from None
+        raise Unreadable(f"pydicom cannot parse the header: {type(exc).__name__}: {exc}") from None
+
+
+def _actual_encoding(ds: Dataset) -> tuple[bool, bool]:
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        raise Unreadable("the dataset's encoding could not be determined")
+    return bool(implicit), bool(little)
+
+
+def _reconcile_syntax(declared: UID, implicit: bool, little: bool) -> UID:
+    """The transfer syntax to record: the declared one if it matches how the dataset is encoded."""
+    if declared and declared.is_transfer_syntax:
+        if declared.is_implicit_VR == implicit and declared.is_little_endian == little:
+            return declared
+        if declared not in _UNCOMPRESSED:
+            raise Unreadable(
+                f"the dataset is not encoded as its transfer syntax {declared} "
+                f"({declared.name}) says"
+            )
+    elif declared:
+        raise Unreadable(f"unknown transfer syntax UID {declared!s:.64}")
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _check_no_missing_pixels(ds: Dataset) -> None:
+    """An image header without any pixel data is a file cut off before its pixels."""
+    if all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
+        raise Truncated("image attributes are present but the pixel data is missing")
+
+
+def _check_tail(fh: BinaryIO, offset: int, size: int, implicit: bool, little: bool) -> None:
+    """Walk the pixel data element and what follows, without reading pixel values."""
+    e = "<" if little else ">"
+    fh.seek(offset)
+    head = fh.read(8)
+    if len(head) < 8:
+        raise Truncated("the file ends inside the pixel data element's header")
+    group, elem = struct.unpack(f"{e}HH", head[:4])
+    if (group << 16 | elem) not in _PIXEL_TAGS:
+        raise Unreadable(f"expected pixel data at offset {offset}")
+    if implicit:
+        (length,) = struct.unpack(f"{e}L", head[4:8])
+        pos = offset + 8
+    elif head[4:6] in _LONG_LENGTH_VRS:
+        more = fh.read(4)
+        if len(more) < 4:
+            raise Truncated("the file ends inside the pixel data element's header")
+        (length,) = struct.unpack(f"{e}L", more)
+        pos = offset + 12
+    else:
+        (length,) = struct.unpack(f"{e}H", head[6:8])
+        pos = offset + 8
+    if length == 0xFFFFFFFF:
+        pos = _walk_fragments(fh, pos, size, e)
+    else:
+        pos += length
+        if pos > size:
+            raise Truncated(f"pixel data needs {length} bytes but the file ends {pos - size} bytes short")
+    if pos < size:
+        fh.seek(pos)
+        rest = fh.read()
+        try:
+            pydicom.filereader.read_dataset(io.BytesIO(rest), implicit, little)
+        except Exception as exc:
+            raise Unreadable(f"the elements after the pixel data cannot be parsed: {exc}") from None
+
+
+def _walk_fragments(fh: BinaryIO, pos: int, size: int, e: str) -> int:
+    """Follow the items of encapsulated pixel data to its sequence delimiter."""
+    while True:
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8:
+            raise Truncated("encapsulated pixel data ends without its sequence delimiter")
+        group, elem, length = struct.unpack(f"{e}HHL", head)
+        tag = group << 16 | elem
+        if tag == _SEQUENCE_DELIMITER:
+            return pos + 8
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            raise Unreadable(f"malformed encapsulated pixel data item at offset {pos}")
+        pos += 8 + length
+        if pos > size:
+            raise Truncated("encapsulated pixel data fragment runs past the end of the file")
+
+
+def _content_offset(fh: BinaryIO, meta: FileMetaDataset | None, little: bool) -> int:
+    """Offset of the first dataset element after the file meta group (0 for a bare dataset)."""
+    if meta is None or "FileMetaInformationGroupLength" not in meta:
+        return 0
+    fh.seek(128)
+    if fh.read(4) != b"DICM":
+        return 0
+    start = 132 + 12 + int(meta.FileMetaInformationGroupLength)
+    fh.seek(start)
+    group = fh.read(2)
+    if len(group) == 2 and struct.unpack("<H" if little else ">H", group)[0] != 0x0002:
+        return start
+    return 0
+
+
+def build_file_meta(ds: Dataset, syntax: UID, original: FileMetaDataset | None) -> FileMetaDataset:
+    """File meta for the archived copy: ours as the writer, the source's AE kept."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if original is not None:
+        for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle"):
+            if keyword in original:
+                setattr(meta, keyword, original.get(keyword))
+    return meta
+
+
+def write_archived(header: Header, source: Path, dest: Path, durable: bool) -> tuple[str, int]:
+    """Write the normalized header plus the untouched tail to `dest`; return (digest, size)."""
+    ds = header.dataset
+    original_meta = getattr(ds, "file_meta", None)
+    ds.file_meta = build_file_meta(ds, header.transfer_syntax, original_meta)
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    head = buf.getvalue()
+    h = digest.new()
+    h.update(head)
+    written = len(head)
+    with dest.open("wb") as out:
+        out.write(head)
+        if not header.whole and header.tail_offset < header.size:
+            with source.open("rb") as src:
+                src.seek(header.tail_offset)
+                remaining = header.size - header.tail_offset
+                while remaining > 0:
+                    chunk = src.read(min(digest.CHUNK, remaining))
+                    if not chunk:
+                        raise Truncated("the file shrank while it was being archived")
+                    h.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+                    remaining -= len(chunk)
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
+    return h.hexdigest(), written
+
+
+def content_digest(path: Path, offset: int) -> str:
+    """Digest of a file's dataset as received (from `offset`), for duplicate detection."""
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return digest.of_stream(fh)

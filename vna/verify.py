@@ -1,0 +1,89 @@
+"""`vna verify`: do layout, index and digests agree?
+
+Walks study by study, so memory stays bounded by the largest study rather
+than the archive: the study folders in the layout and the studies in the index
+are merged as two sorted lists, and each study's files are compared with its
+index rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from vna import digest
+from vna.index import schema
+from vna.layout import LOCK, STAGING, Layout, parse_relpath
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One disagreement, named so an admin knows what to look at."""
+
+    kind: str  # missing-file | orphan-file | stray-file | size-mismatch | digest-mismatch | stale-staging
+    path: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.path}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    rows: int = 0
+    hashed: int = 0
+
+
+def verify(engine: Engine, layout: Layout, digests: bool = True, summary: Summary | None = None) -> Iterator[Problem]:
+    """Yield every disagreement between layout and index."""
+    summary = summary if summary is not None else Summary()
+    yield from _staging_leftovers(layout)
+    studies_t, series_t, inst = schema.studies, schema.series, schema.instances
+    with engine.connect() as conn:
+        indexed = [r[0] for r in conn.execute(select(studies_t.c.study_uid).order_by(studies_t.c.study_uid))]
+        on_disk = layout.study_dirs()
+        for study in sorted(set(indexed) | set(on_disk)):
+            rows = {
+                r.path: r
+                for r in conn.execute(
+                    select(inst.c.path, inst.c.size, inst.c.digest)
+                    .join(series_t, inst.c.series_pk == series_t.c.id)
+                    .join(studies_t, series_t.c.study_pk == studies_t.c.id)
+                    .where(studies_t.c.study_uid == study)
+                )
+            }
+            summary.rows += len(rows)
+            files = list(layout.walk_study(study)) if study in on_disk or Path(layout.root, "studies", study).is_dir() else []
+            summary.files += len(files)
+            for rel in files:
+                row = rows.pop(rel, None)
+                if row is None:
+                    kind = "orphan-file" if parse_relpath(rel) else "stray-file"
+                    yield Problem(kind, rel, "in the layout, not in the index")
+                    continue
+                path = layout.path(rel)
+                size = path.stat().st_size
+                if size != row.size:
+                    yield Problem("size-mismatch", rel, f"index {row.size} bytes, file {size} bytes")
+                    continue
+                if digests:
+                    summary.hashed += 1
+                    actual = digest.of_file(path)
+                    if actual != row.digest:
+                        yield Problem("digest-mismatch", rel, f"index {row.digest}, file {actual}")
+            for rel in sorted(rows):
+                yield Problem("missing-file", rel, "in the index, not in the layout")
+
+
+def _staging_leftovers(layout: Layout) -> Iterator[Problem]:
+    base = layout.root / STAGING
+    if not base.is_dir():
+        return
+    for d in sorted(base.iterdir()):
+        for f in sorted(d.iterdir()) if d.is_dir() else []:
+            if f.name != LOCK:
+                yield Problem("stale-staging", f"{STAGING}/{d.name}/{f.name}", "left by an interrupted ingest")

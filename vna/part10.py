@@ -89,6 +89,15 @@ def read_header(path: Path) -> Header:
     size = path.stat().st_size
     if size == 0:
         raise EmptyFile("the file is empty (0 bytes)")
+    try:
+        return _read_header(path, size)
+    except (DicomFileError, OSError):
+        raise
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise Unreadable(f"malformed DICOM: {type(exc).__name__}: {exc}") from None
+
+
+def _read_header(path: Path, size: int) -> Header:
     with path.open("rb") as fh:
         ds = _parse(fh, size)
         tail_offset = fh.tell()
@@ -106,7 +115,7 @@ def read_header(path: Path) -> Header:
         elif tail_offset < size:
             _check_tail(fh, tail_offset, size, implicit, little)
         else:
-            _check_no_missing_pixels(ds)
+            _check_dataset_end(fh, ds, size)
         content_offset = _content_offset(fh, meta, little)
     return Header(ds, syntax, implicit, little, tail_offset, size, content_offset, whole)
 
@@ -157,10 +166,30 @@ def _reconcile_syntax(declared: UID, implicit: bool, little: bool) -> UID:
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _check_no_missing_pixels(ds: Dataset) -> None:
-    """An image header without any pixel data is a file cut off before its pixels."""
+def _check_dataset_end(fh: BinaryIO, ds: Dataset, size: int) -> None:
+    """A dataset that ends at the end of the file (no pixel data): was it cut short?
+
+    pydicom stops quietly at the end of a file, even inside a value, so the last
+    element is checked here: a defined length must fit in the file, and an
+    undefined-length sequence must end with its delimiter.
+    """
     if all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
         raise Truncated("image attributes are present but the pixel data is missing")
+    if len(ds) == 0:
+        raise Truncated("the file holds no dataset after its file meta information")
+    last = ds.get_item(max(ds.keys()))
+    length = getattr(last, "length", None)
+    tell = getattr(last, "value_tell", None)
+    if length is None or tell is None:
+        return
+    if length == 0xFFFFFFFF:
+        fh.seek(size - 8)
+        if fh.read(4) not in (b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\xdd"):
+            raise Truncated("the last sequence ends without its delimiter")
+    elif tell + length > size:
+        raise Truncated(f"the last element needs {length} bytes but the file ends {tell + length - size} bytes short")
+    elif tell + length < size:
+        raise Truncated(f"the file ends inside an element header ({size - tell - length} stray bytes)")
 
 
 def _check_tail(fh: BinaryIO, offset: int, size: int, implicit: bool, little: bool) -> None:

@@ -221,7 +221,7 @@ def _join(where: str, name: str) -> str:
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     def absolute(p: Path) -> Path:
-        return p if p.is_absolute() else (base / p)
+        return Path(os.path.normpath(p if p.is_absolute() else (base / p)))
 
     archive = dataclasses.replace(
         settings.archive,

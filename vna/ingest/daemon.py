@@ -204,7 +204,21 @@ class IngestDaemon:
             if c.path not in busy and c.not_before <= mono and is_settled(c.mtime, settle, now)
         ]
         ready.sort(key=lambda c: c.mtime)
-        return ready[:limit]
+        chosen: list[Candidate] = []
+        for c in ready:
+            if len(chosen) >= limit:
+                break
+            # Events may be older than the last write: look again before taking it.
+            try:
+                c.mtime = os.stat(c.path).st_mtime
+            except FileNotFoundError:
+                self.pending.pop(c.path, None)
+                continue
+            except OSError:
+                continue
+            if is_settled(c.mtime, settle, now):
+                chosen.append(c)
+        return chosen
 
     def _submit(self) -> None:
         workers = max(1, self.settings.ingest.workers)

@@ -1,0 +1,1 @@
+"""One-way mirror of the archive layout to fsspec targets (built on `vna`'s change feed)."""

@@ -1,0 +1,89 @@
+"""Shared fixtures: a fresh index on SQLite and on PostgreSQL, and a small archive.
+
+PostgreSQL is a real server on 127.0.0.1:5432 (VNA_TEST_PG_URL); each test gets
+its own schema, dropped afterwards. When the server cannot be reached the
+PostgreSQL variants fail: they are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from vna import settings as settings_mod
+from vna.index.engine import open_index
+from vna.ingest.commit import Outcome
+from vna.ingest.daemon import IngestDaemon
+from vna.settings import Settings
+
+PG_URL = os.environ.get("VNA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty index database, once on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/index.db"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@dataclass
+class Archive:
+    """An archive under a temporary folder, with sources `pacs-a` and `pacs-b`."""
+
+    base: Path
+    settings: Settings
+    engine: Engine
+
+    def drop(self, source: str = "pacs-a") -> Path:
+        return self.settings.source(source).drop
+
+    def ingest(self) -> list[Outcome]:
+        """Drain the drop folders once; return every outcome, in order."""
+        outcomes: list[Outcome] = []
+        IngestDaemon(self.settings, self.engine, on_outcome=outcomes.append).run(once=True)
+        return outcomes
+
+
+DEFAULT_SOURCES = [
+    {"name": "pacs-a", "drop": "drop/pacs-a", "issuer_of_patient_id": "PACS_A"},
+    {"name": "pacs-b", "drop": "drop/pacs-b", "issuer_of_patient_id": "PACS_B"},
+]
+
+
+def make_archive(base: Path, url: str, sources: list[dict[str, Any]] | None = None, **ingest: Any) -> Archive:
+    """An archive below `base` on index `url`; call again to change its settings."""
+    data: dict[str, Any] = {
+        "archive": {"root": "archive", "quarantine": "quarantine"},
+        "index": {"url": url},
+        "ingest": {"settle_seconds": 0, "workers": 0, "batch_size": 16, **ingest},
+        "sources": sources if sources is not None else DEFAULT_SOURCES,
+    }
+    settings = settings_mod.from_dict(data, base)
+    for src in settings.sources:
+        src.drop.mkdir(parents=True, exist_ok=True)
+    return Archive(base, settings, open_index(url))
+
+
+@pytest.fixture
+def archive(tmp_path: Path, index_url: str) -> Iterator[Archive]:
+    a = make_archive(tmp_path, index_url)
+    yield a
+    a.engine.dispose()

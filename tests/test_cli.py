@@ -1,0 +1,124 @@
+"""The `vna` command line: status, quarantine list/retry, verify exit codes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from vna.cli.main import main
+from vna.sample import SampleSpec, generate
+
+
+def config(tmp_path: Path, url: str, policy: str = "quarantine") -> Path:
+    p = tmp_path / "vna.toml"
+    p.write_text(
+        f"""
+[archive]
+root = "archive"
+quarantine = "quarantine"
+[index]
+url = "{url}"
+[ingest]
+settle_seconds = 0
+workers = 0
+duplicate_policy = "{policy}"
+[[sources]]
+name = "pacs-a"
+drop = "drop-a"
+issuer_of_patient_id = "PACS_A"
+[[sources]]
+name = "pacs-b"
+drop = "drop-b"
+"""
+    )
+    return p
+
+
+def vna(cfg: Path, *args: str) -> int:
+    return main(["--config", str(cfg), *args])
+
+
+def test_status_counts_per_source_and_outcome(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, index_url)
+    generate(tmp_path / "drop-a", SampleSpec(instances=3, rows=16, columns=16))
+    generate(tmp_path / "drop-b", SampleSpec(instances=2, rows=16, columns=16, seed=7))
+    (tmp_path / "drop-b" / "notes.txt").write_text("hello")
+    assert vna(cfg, "ingest", "--once") == 0
+    generate(tmp_path / "drop-a", SampleSpec(instances=1, rows=16, columns=16))  # a duplicate
+    assert vna(cfg, "ingest", "--once") == 0
+    capsys.readouterr()
+
+    assert vna(cfg, "status", "--json") == 0
+
+    report = json.loads(capsys.readouterr().out)
+    a, b = report["sources"]["pacs-a"], report["sources"]["pacs-b"]
+    assert (a["archived"], a["duplicates"], a["quarantined"]) == (3, 1, 0)
+    assert (b["archived"], b["duplicates"], b["quarantined"]) == (2, 0, 1)
+    assert b["quarantine_reasons"] == {"not-dicom": 1}
+    assert report["totals"]["instances"] == 5 and report["totals"]["studies"] == 2
+    assert vna(cfg, "status") == 0
+    assert "pacs-b" in capsys.readouterr().out
+
+
+def test_quarantine_retry_after_the_policy_changed(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, index_url)
+    generate(tmp_path / "drop-a", SampleSpec(instances=1, rows=16, columns=16))
+    vna(cfg, "ingest", "--once")
+    (f,) = generate(tmp_path / "drop-a", SampleSpec(instances=1, rows=16, columns=16))
+    ds = pydicom.dcmread(f)
+    ds.PatientName = "Corrected^Name"
+    ds.save_as(f)
+    vna(cfg, "ingest", "--once")
+    capsys.readouterr()
+    assert vna(cfg, "quarantine", "list", "--json") == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["reason"] == "duplicate-conflict"
+
+    assert vna(cfg, "quarantine", "retry", entry["id"]) == 1  # same policy: still a conflict
+    assert "0 taken in, 1 still quarantined" in capsys.readouterr().out
+    cfg = config(tmp_path, index_url, policy="replace")
+    assert vna(cfg, "quarantine", "retry", "--all") == 0
+    out = capsys.readouterr().out
+    assert "replaced" in out and "1 taken in" in out
+    assert vna(cfg, "quarantine", "list", "--json") == 0
+    held = json.loads(capsys.readouterr().out)
+    assert [e["reason"] for e in held] == ["superseded"]  # the old version, kept
+    assert not (tmp_path / "quarantine" / "pacs-a" / entry["id"]).exists()
+    assert vna(cfg, "verify") == 0
+
+
+def test_verify_exits_non_zero_with_a_list(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(tmp_path, index_url)
+    generate(tmp_path / "drop-a", SampleSpec(instances=2, rows=16, columns=16))
+    vna(cfg, "ingest", "--once")
+    victim = next((tmp_path / "archive" / "studies").rglob("*.dcm"))
+    victim.unlink()
+    capsys.readouterr()
+
+    assert vna(cfg, "verify") == 1
+
+    out = capsys.readouterr().out
+    assert f"missing-file: {victim.relative_to(tmp_path / 'archive')}" in out
+    assert "1 problem(s)" in out
+
+
+def test_bad_config_is_a_clear_cli_error(tmp_path: Path) -> None:
+    bad = tmp_path / "vna.toml"
+    bad.write_text("[ingest]\nworkers = -1\n")
+    proc = subprocess.run([sys.executable, "-m", "vna.cli.main", "--config", str(bad), "status"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "ingest.workers: expected a whole number >= 0, got -1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_index_is_exit_code_3(tmp_path: Path) -> None:
+    cfg = tmp_path / "vna.toml"
+    cfg.write_text('[index]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"\n')
+    proc = subprocess.run([sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "status"], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "index database unreachable" in proc.stderr

@@ -1,0 +1,318 @@
+"""Ingest behaviour, each test on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import MediaStorageDirectoryStorage
+from sqlalchemy import func, select
+
+from tests.conftest import Archive, make_archive
+from vna.index import schema
+from vna.ingest.coerce import read_provenance
+from vna.layout import instance_relpath
+from vna.sample import SampleSpec, datasets, generate
+from vna.verify import verify
+from vna.layout import Layout
+
+SMALL = SampleSpec(instances=6, per_series=3, rows=32, columns=32)
+
+
+def instance_rows(archive: Archive) -> list:
+    """Instances with their series' columns (modality, institution...)."""
+    i, se = schema.instances, schema.series
+    stmt = (
+        select(i, se.c.modality, se.c.institution_name, se.c.series_uid)
+        .join(se, i.c.series_pk == se.c.id)
+        .order_by(i.c.sop_uid)
+    )
+    with archive.engine.connect() as conn:
+        return list(conn.execute(stmt))
+
+
+def count(archive: Archive, table) -> int:
+    with archive.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def layout_problems(archive: Archive) -> list[str]:
+    return [str(p) for p in verify(archive.engine, Layout(archive.settings.archive.root))]
+
+
+def test_sample_files_are_archived_into_the_layout_and_index(archive: Archive) -> None:
+    originals = {ds.SOPInstanceUID: ds for _, ds in datasets(SMALL)}
+    generate(archive.drop(), SMALL)
+
+    outcomes = archive.ingest()
+
+    assert sorted(o.outcome for o in outcomes) == ["archived"] * 6
+    rows = instance_rows(archive)
+    assert {r.sop_uid for r in rows} == set(originals)
+    for row in rows:
+        original = originals[row.sop_uid]
+        assert row.path == instance_relpath(original.StudyInstanceUID, original.SeriesInstanceUID, row.sop_uid)
+        archived = pydicom.dcmread(archive.settings.archive.root / row.path)
+        assert archived.PixelData == original.PixelData  # bit-exact
+        assert archived.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert row.size == (archive.settings.archive.root / row.path).stat().st_size
+        assert row.source == "pacs-a"
+        assert row.modality == "CT"
+    assert list(archive.drop().rglob("*")) == [p for p in archive.drop().rglob("*") if p.is_dir()]
+    assert count(archive, schema.changes) == 6
+    assert layout_problems(archive) == []
+
+
+def test_same_patient_id_from_two_sources_stays_two_patients(archive: Archive) -> None:
+    generate(archive.drop("pacs-a"), SampleSpec(instances=1, rows=16, columns=16, seed=1))
+    generate(archive.drop("pacs-b"), SampleSpec(instances=1, rows=16, columns=16, seed=1 + 100))
+    # Same Patient ID in both exports:
+    for f in archive.drop("pacs-b").rglob("IM*"):
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "P0100000"
+        ds.save_as(f)
+    for f in archive.drop("pacs-a").rglob("IM*"):
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "P0100000"
+        ds.save_as(f)
+
+    archive.ingest()
+
+    with archive.engine.connect() as conn:
+        patients = conn.execute(select(schema.patients.c.patient_id, schema.patients.c.issuer_of_patient_id)).all()
+    assert sorted(patients) == [("P0100000", "PACS_A"), ("P0100000", "PACS_B")]
+
+
+def test_coercion_rules_change_the_header_and_keep_originals(tmp_path: Path, index_url: str) -> None:
+    archive = make_archive(
+        tmp_path,
+        index_url,
+        sources=[
+            {
+                "name": "pacs-a",
+                "drop": "drop/pacs-a",
+                "issuer_of_patient_id": "PACS_A",
+                "coerce": {
+                    "set": {"InstitutionName": "General Hospital"},
+                    "replace": {"Modality": {"CT": "OT"}},
+                    "remove": ["ReferringPhysicianName"],
+                },
+            }
+        ],
+    )
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+
+    archive.ingest()
+
+    (row,) = instance_rows(archive)
+    ds = pydicom.dcmread(archive.settings.archive.root / row.path)
+    assert ds.InstitutionName == "General Hospital"
+    assert ds.Modality == "OT"
+    assert "ReferringPhysicianName" not in ds
+    assert ds.IssuerOfPatientID == "PACS_A"
+    (item,) = ds.OriginalAttributesSequence
+    assert item.ReasonForTheAttributeModification == "COERCE"
+    modified = item.ModifiedAttributesSequence[0]
+    assert modified.InstitutionName == "Sample Hospital"
+    assert modified.Modality == "CT"
+    assert modified.ReferringPhysicianName == "House^Gregory"
+    prov = read_provenance(ds)
+    assert prov.source == "pacs-a" and prov.received is not None and prov.content_digest == row.content_digest
+    assert row.modality == "OT" and row.institution_name == "General Hospital"
+
+
+def test_issuer_already_present_is_kept_unless_overridden(archive: Archive) -> None:
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16, issuer="HOSPITAL_MRN"))
+    archive.ingest()
+    (row,) = instance_rows(archive)
+    ds = pydicom.dcmread(archive.settings.archive.root / row.path)
+    assert ds.IssuerOfPatientID == "HOSPITAL_MRN"
+
+
+def test_duplicate_with_same_content_is_logged_and_dropped(archive: Archive) -> None:
+    generate(archive.drop(), SMALL)
+    archive.ingest()
+    generate(archive.drop("pacs-a"), SMALL)  # the PACS exports the same study again
+
+    outcomes = archive.ingest()
+
+    assert [o.outcome for o in outcomes] == ["duplicate"] * 6
+    assert count(archive, schema.instances) == 6
+    assert count(archive, schema.duplicates) == 6
+    assert not [p for p in archive.drop().rglob("*") if p.is_file()]
+
+
+def test_duplicate_with_different_digest_is_quarantined(archive: Archive) -> None:
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+    archive.ingest()
+    (before,) = instance_rows(archive)
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+    (f,) = [p for p in archive.drop().rglob("*") if p.is_file()]
+    ds = pydicom.dcmread(f)
+    ds.PatientName = "Changed^Name"
+    ds.save_as(f)
+
+    (outcome,) = archive.ingest()
+
+    assert outcome.outcome == "quarantined" and outcome.reason == "duplicate-conflict"
+    (after,) = instance_rows(archive)
+    assert after.digest == before.digest  # never silently overwritten
+    entry_dirs = list((archive.settings.archive.quarantine / "pacs-a").iterdir())
+    assert len(entry_dirs) == 1
+    reason = json.loads((entry_dirs[0] / "reason.json").read_text())
+    assert reason["reason"] == "duplicate-conflict" and reason["sop_uid"] == before.sop_uid
+    assert pydicom.dcmread(entry_dirs[0] / f.name).PatientName == "Changed^Name"
+
+
+def test_replace_policy_archives_new_version_and_keeps_old_in_quarantine(tmp_path: Path, index_url: str) -> None:
+    archive = make_archive(tmp_path, index_url, duplicate_policy="replace")
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+    archive.ingest()
+    (before,) = instance_rows(archive)
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+    (f,) = [p for p in archive.drop().rglob("*") if p.is_file()]
+    ds = pydicom.dcmread(f)
+    ds.SeriesDescription = "Corrected"
+    ds.save_as(f)
+
+    (outcome,) = archive.ingest()
+
+    assert outcome.outcome == "replaced"
+    (after,) = instance_rows(archive)
+    assert after.digest != before.digest and after.series_pk == before.series_pk
+    assert pydicom.dcmread(archive.settings.archive.root / after.path).SeriesDescription == "Corrected"
+    with archive.engine.connect() as conn:
+        kinds = [r.kind for r in conn.execute(select(schema.changes).order_by(schema.changes.c.seq))]
+        reasons = [r.reason for r in conn.execute(select(schema.quarantine))]
+    assert kinds == ["created", "replaced"]
+    assert reasons == ["superseded"]
+    assert layout_problems(archive) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty-file"),
+        (b"this is a text file, not DICOM\n" * 10, "not-dicom"),
+        (b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\0", "truncated"),
+    ],
+)
+def test_bad_files_are_quarantined_with_a_reason(archive: Archive, content: bytes, reason: str) -> None:
+    bad = archive.drop() / "vendor" / "sub" / "file.bin"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(content)
+
+    (outcome,) = archive.ingest()
+
+    assert (outcome.outcome, outcome.reason) == ("quarantined", reason)
+    assert not bad.exists()
+    (entry,) = (archive.settings.archive.quarantine / "pacs-a").iterdir()
+    assert (entry / "file.bin").read_bytes() == content
+    assert json.loads((entry / "reason.json").read_text())["drop_path"] == "vendor/sub/file.bin"
+    assert count(archive, schema.instances) == 0
+
+
+def test_truncated_pixel_data_is_quarantined(archive: Archive) -> None:
+    generate(archive.drop(), SampleSpec(instances=1, rows=64, columns=64))
+    (f,) = [p for p in archive.drop().rglob("*") if p.is_file()]
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) - 1000])
+
+    (outcome,) = archive.ingest()
+
+    assert (outcome.outcome, outcome.reason) == ("quarantined", "truncated")
+
+
+def test_dicomdir_is_quarantined(archive: Archive) -> None:
+    dicomdir = pydicom.data.get_testdata_file("DICOMDIR")
+    shutil.copy(dicomdir, archive.drop() / "DICOMDIR")
+    ds = pydicom.dcmread(archive.drop() / "DICOMDIR")
+    assert ds.file_meta.MediaStorageSOPClassUID == MediaStorageDirectoryStorage
+
+    (outcome,) = archive.ingest()
+
+    assert (outcome.outcome, outcome.reason) == ("quarantined", "dicomdir")
+
+
+@pytest.mark.parametrize("bad_uid", ["../../etc", "1.2.3/..", "1.2.3/../../x", "1." + "2" * 70, "1..2", ".1.2", "1.2."])
+def test_uid_that_could_escape_the_layout_never_becomes_a_path(archive: Archive, bad_uid: str) -> None:
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+    (f,) = [p for p in archive.drop().rglob("*") if p.is_file()]
+    ds = pydicom.dcmread(f)
+    ds.StudyInstanceUID = bad_uid
+    ds.save_as(f)
+
+    (outcome,) = archive.ingest()
+
+    assert (outcome.outcome, outcome.reason) == ("quarantined", "invalid-uid")
+    created = [p for p in archive.base.rglob("*") if p.is_file() and "quarantine" not in p.parts]
+    assert all(p.name in ("index.db", "index.db-wal", "index.db-shm", "lock") for p in created), created
+
+
+def test_missing_sop_instance_uid_is_quarantined(archive: Archive) -> None:
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+    (f,) = [p for p in archive.drop().rglob("*") if p.is_file()]
+    ds = pydicom.dcmread(f)
+    del ds.SeriesInstanceUID
+    ds.save_as(f)
+
+    (outcome,) = archive.ingest()
+
+    assert (outcome.outcome, outcome.reason) == ("quarantined", "missing-uid")
+    assert "SeriesInstanceUID" in (outcome.detail or "")
+
+
+def test_file_still_being_written_is_not_taken(tmp_path: Path, index_url: str) -> None:
+    archive = make_archive(tmp_path, index_url, settle_seconds=30)
+    generate(archive.drop(), SampleSpec(instances=2, rows=16, columns=16))
+    fresh, old = sorted(p for p in archive.drop().rglob("*") if p.is_file())
+    past = time.time() - 60
+    os.utime(old, (past, past))
+
+    from vna.ingest.daemon import IngestDaemon
+
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    daemon._rescan()
+    ready = [c.path for c in daemon._ready(10)]
+
+    assert ready == [str(old)]
+
+
+def test_ignored_names_are_left_alone(archive: Archive) -> None:
+    (archive.drop() / "study.part").write_bytes(b"partial")
+    (archive.drop() / ".hidden").write_bytes(b"x")
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+
+    outcomes = archive.ingest()
+
+    assert [o.outcome for o in outcomes] == ["archived"]
+    assert (archive.drop() / "study.part").exists() and (archive.drop() / ".hidden").exists()
+
+
+def test_after_move_keeps_the_drop_file_in_processed(tmp_path: Path, index_url: str) -> None:
+    archive = make_archive(tmp_path, index_url, after="move", processed="processed")
+    generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
+    (f,) = [p for p in archive.drop().rglob("*") if p.is_file()]
+    rel = f.relative_to(archive.drop())
+
+    archive.ingest()
+
+    assert not f.exists()
+    assert (tmp_path / "processed" / "pacs-a" / rel).is_file()
+
+
+def test_worker_processes_give_the_same_result(tmp_path: Path, index_url: str) -> None:
+    archive = make_archive(tmp_path, index_url, workers=2, batch_size=4)
+    generate(archive.drop(), SampleSpec(instances=24, per_series=6, rows=32, columns=32))
+    (archive.drop() / "junk").write_bytes(b"junk" * 100)
+
+    outcomes = archive.ingest()
+
+    assert sorted(o.outcome for o in outcomes).count("archived") == 24
+    assert [o.reason for o in outcomes if o.outcome == "quarantined"] == ["not-dicom"]
+    assert layout_problems(archive) == []

@@ -1,0 +1,79 @@
+"""The settings file: validation names the key and the fault; every key is documented."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from vna import settings
+from vna.errors import SettingsError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "vna.toml"
+    p.write_text(text)
+    return p
+
+
+def test_example_and_demo_files_load() -> None:
+    example = settings.load(REPO / "etc" / "vna.example.toml")
+    assert [s.name for s in example.sources] == ["pacs-a", "pacs-b"]
+    assert example.sources[1].watch == "poll"
+    assert example.sources[0].coerce.replace == {"Modality": {"MRI": "MR", "CAT": "CT"}}
+    demo = settings.load(REPO / "etc" / "vna.demo.toml")
+    assert demo.index.url.startswith("sqlite:////")
+
+
+def test_every_key_is_in_the_example_file() -> None:
+    text = (REPO / "etc" / "vna.example.toml").read_text()
+    tomllib.loads(text)
+    for key, _default, help_text in settings.describe():
+        leaf = key.rsplit(".", 1)[-1]
+        assert re.search(rf"^#?\s*{leaf}\s*=", text, re.M), f"{key} is not documented in etc/vna.example.toml"
+        assert help_text, f"{key} has no help text"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[archive]\nrooot = 'x'\n", "archive.rooot: unknown key"),
+        ("[ingest]\nworkers = 'two'\n", "ingest.workers: expected a whole number"),
+        ("[ingest]\nduplicate_policy = 'overwrite'\n", "ingest.duplicate_policy: 'overwrite' is not one of"),
+        ("[[sources]]\ndrop = '/x'\n", "sources[0].name: required key is missing"),
+        ("[[sources]]\nname = 'a/b'\ndrop = '/x'\n", "sources[0].name: 'a/b' must be"),
+        ("[[sources]]\nname = 'a'\ndrop = '/x'\n[[sources]]\nname = 'a'\ndrop = '/y'\n", "sources[1].name: 'a' is configured twice"),
+        ("[[sources]]\nname = 'a'\ndrop = '/x'\nwatch = 'inotify'\n", "sources[0].watch"),
+        ("[[sources]]\nname = 'a'\ndrop = '/x'\n[sources.coerce]\nset = { NotAKeyword = '1' }\n", "sources[0].coerce.set.NotAKeyword: not a DICOM keyword"),
+        ("[[sources]]\nname = 'a'\ndrop = '/x'\n[sources.coerce]\nremove = ['SOPInstanceUID']\n", "may not be coerced"),
+        ("[ingest]\nafter = 'move'\n", "ingest.processed: required"),
+        ("[index\nurl = 1", "not valid TOML"),
+    ],
+)
+def test_bad_settings_name_the_key_and_the_fault(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        settings.load(write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_environment_overrides_a_key(tmp_path: Path) -> None:
+    p = write(tmp_path, "[index]\nurl = 'sqlite:///a.db'\n")
+    s = settings.load(p, environ={"VNA_INDEX__URL": "postgresql+psycopg://h/db", "VNA_INGEST__WORKERS": "4"})
+    assert s.index.url == "postgresql+psycopg://h/db"
+    assert s.ingest.workers == 4
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    p = write(tmp_path, "[archive]\nroot = 'arch'\n[index]\nurl = 'sqlite:///idx.db'\n")
+    s = settings.load(p)
+    assert s.archive.root == tmp_path / "arch"
+    assert s.index.url == f"sqlite:///{tmp_path}/idx.db"
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="nope.toml: configuration file not found"):
+        settings.load(tmp_path / "nope.toml")

@@ -1,0 +1,59 @@
+"""The daemon finds new files by inotify events, by polling, and by its start-up scan."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import make_archive
+from vna.index import schema
+from vna.ingest.daemon import IngestDaemon
+from vna.sample import SampleSpec, generate
+
+
+def wait_for_instances(engine, n: int, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    got = 0
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            got = conn.execute(select(func.count()).select_from(schema.instances)).scalar_one()
+        if got >= n:
+            return got
+        time.sleep(0.1)
+    return got
+
+
+@pytest.mark.parametrize("watch", ["events", "poll"])
+def test_running_daemon_takes_new_files_without_a_rescan(tmp_path: Path, index_url: str, watch: str) -> None:
+    sources = [{"name": "pacs-a", "drop": "drop/pacs-a", "watch": watch, "poll_seconds": 0.5}]
+    archive = make_archive(tmp_path, index_url, sources=sources, settle_seconds=0.3, rescan_seconds=3600)
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)  # the start-up scan is over; only events can find what comes now
+        generate(archive.drop() / "late-export", SampleSpec(instances=5, rows=16, columns=16))
+
+        assert wait_for_instances(archive.engine, 5) == 5
+    finally:
+        daemon.stop()
+        thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert not [p for p in archive.drop().rglob("*") if p.is_file()]
+
+
+def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(tmp_path: Path, index_url: str) -> None:
+    archive = make_archive(tmp_path, index_url, settle_seconds=0, rescan_seconds=3600)
+    generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16))
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for_instances(archive.engine, 3) == 3
+    finally:
+        daemon.stop()
+        thread.join(timeout=20)

@@ -77,30 +77,35 @@ class BenchError(RuntimeError):
 # --------------------------------------------------------------------------- measuring
 
 
-class PeakRss:
-    """Peak of the summed RSS of a process and all its descendants, sampled in a thread.
+class PeakMemory:
+    """Peaks of the summed RSS and PSS of a process and all its descendants, sampled in a thread.
 
-    Summing the tree matters because our ingest may fork workers; a sample can
-    miss a short spike, so this is a lower bound within one sampling period.
+    Summing the tree matters because our ingest runs a pool of worker processes.
+    RSS summed over forked processes counts their shared pages once per process,
+    so the PSS sum (shared pages divided among their sharers) is kept beside it as
+    the figure that adds up. A sample can miss a spike shorter than the period.
     """
 
     def __init__(self, pid: int, period: float = RSS_SAMPLE_SECONDS) -> None:
         self.pid = pid
         self.period = period
-        self.peak = 0
+        self.rss = 0
+        self.pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
-    def _sample(self, root: psutil.Process) -> int:
-        total = 0
+    def _sample(self, root: psutil.Process) -> tuple[int, int]:
+        rss = pss = 0
         try:
             tree = [root, *root.children(recursive=True)]
         except psutil.Error:
-            return 0
+            return 0, 0
         for proc in tree:
             with contextlib.suppress(psutil.Error):  # exited between listing and sampling
-                total += proc.memory_info().rss
-        return total
+                full = proc.memory_full_info()
+                rss += full.rss
+                pss += full.pss
+        return rss, pss
 
     def _run(self) -> None:
         try:
@@ -108,10 +113,11 @@ class PeakRss:
         except psutil.Error:
             return
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample(root))
+            rss, pss = self._sample(root)
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
             self._stop.wait(self.period)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -120,8 +126,17 @@ class PeakRss:
         self._thread.join()
 
 
-#: One run of a method into a fresh folder: (seconds, peak RSS in bytes or 0).
-Measure = Callable[[Path], tuple[float, int]]
+@dataclass(frozen=True)
+class Run:
+    """One run of a method: wall seconds, and peak memory in bytes when sampled (else 0)."""
+
+    seconds: float
+    rss: int = 0
+    pss: int = 0
+
+
+#: One run of a method into the fresh folder it is given.
+Measure = Callable[[Path], Run]
 
 
 @dataclass
@@ -131,14 +146,17 @@ class Measurement:
     key: str
     label: str
     measure: Measure
-    seconds: list[float] = field(default_factory=list)
-    peak_rss: list[int] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
     rss_note: str = ""
 
     @property
+    def seconds(self) -> list[float]:
+        return [run.seconds for run in self.runs]
+
+    @property
     def has_rss(self) -> bool:
-        """Whether this method's peak RSS was sampled (not for the in-process copy)."""
-        return any(self.peak_rss)
+        """Whether this method's memory was sampled (not for the in-process copy)."""
+        return any(run.rss for run in self.runs)
 
     def median(self) -> float:
         return statistics.median(self.seconds)
@@ -236,8 +254,8 @@ def ours_runnable() -> str | None:
     return None
 
 
-def run_ours(data: Dataset, run_dir: Path, workers: int) -> tuple[float, int]:
-    """Ingest a fresh copy of the dataset with a fresh archive and index; (seconds, peak RSS)."""
+def run_ours(data: Dataset, run_dir: Path, workers: int) -> Run:
+    """Ingest a fresh copy of the dataset with a fresh archive and index, timed."""
     run_dir.mkdir(parents=True)
     shutil.copytree(data.root, run_dir / "drop")
     config = run_dir / "vna.toml"
@@ -251,7 +269,7 @@ def run_ours(data: Dataset, run_dir: Path, workers: int) -> tuple[float, int]:
             command, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            with PeakRss(process.pid) as rss:
+            with PeakMemory(process.pid) as memory:
                 code = process.wait()
             seconds = time.perf_counter() - started
         finally:
@@ -262,7 +280,7 @@ def run_ours(data: Dataset, run_dir: Path, workers: int) -> tuple[float, int]:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise BenchError(f"{' '.join(command)} exited with code {code}:\n{tail}")
     check_ours(run_dir, data.count)
-    return seconds, rss.peak
+    return Run(seconds, memory.rss, memory.pss)
 
 
 def check_ours(run_dir: Path, expected: int) -> None:
@@ -281,35 +299,35 @@ def check_ours(run_dir: Path, expected: int) -> None:
 # --------------------------------------------------------------------------- Orthanc
 
 
-def run_orthanc_rest(data: Dataset, run_dir: Path, threads: int) -> tuple[float, int]:
-    """Upload every file through `POST /instances` into a fresh Orthanc; (seconds, peak RSS)."""
+def run_orthanc_rest(data: Dataset, run_dir: Path, threads: int) -> Run:
+    """Upload every file through `POST /instances` into a fresh Orthanc, timed."""
     with OrthancServer(workdir=run_dir) as orthanc:
         settle_disk()
-        with PeakRss(orthanc.pid) as rss:
+        with PeakMemory(orthanc.pid) as memory:
             started = time.perf_counter()
             orthanc.upload_rest(data.files, threads=threads)
             seconds = time.perf_counter() - started
         orthanc.expect_instances(data.count)
-    return seconds, rss.peak
+    return Run(seconds, memory.rss, memory.pss)
 
 
-def run_orthanc_storescu(data: Dataset, run_dir: Path, no_nagle: bool) -> tuple[float, int]:
-    """Send the export folder with storescu into a fresh Orthanc; (seconds, peak RSS)."""
+def run_orthanc_storescu(data: Dataset, run_dir: Path, no_nagle: bool) -> Run:
+    """Send the export folder with storescu into a fresh Orthanc, timed."""
     with OrthancServer(workdir=run_dir, dcmtk_no_nagle=no_nagle) as orthanc:
         settle_disk()
-        with PeakRss(orthanc.pid) as rss:
+        with PeakMemory(orthanc.pid) as memory:
             started = time.perf_counter()
             orthanc.storescu(data.root)
             seconds = time.perf_counter() - started
         orthanc.expect_instances(data.count)
-    return seconds, rss.peak
+    return Run(seconds, memory.rss, memory.pss)
 
 
 # --------------------------------------------------------------------------- plain copy
 
 
-def run_copy(data: Dataset, run_dir: Path, threads: int, fsync: bool) -> tuple[float, int]:
-    """Copy every file into a fresh folder (same relative paths); (seconds, 0)."""
+def run_copy(data: Dataset, run_dir: Path, threads: int, fsync: bool) -> Run:
+    """Copy every file into a fresh folder (same relative paths), in this process."""
 
     def copy(source: Path) -> None:
         target = run_dir / source.relative_to(data.root)
@@ -333,7 +351,7 @@ def run_copy(data: Dataset, run_dir: Path, threads: int, fsync: bool) -> tuple[f
     copied = files_below(run_dir)
     if len(copied) != data.count:
         raise BenchError(f"copy: {len(copied)} files copied, expected {data.count}")
-    return seconds, 0
+    return Run(seconds)
 
 
 # --------------------------------------------------------------------------- report
@@ -362,7 +380,7 @@ def print_report(args: argparse.Namespace, data: Dataset, results: dict[str, Mea
     print(header)
     print("-" * len(header))
     for m in results.values():
-        rss = fmt_mb(int(statistics.median(m.peak_rss))) if m.has_rss else "-"
+        rss = fmt_mb(int(statistics.median(r.rss for r in m.runs))) if m.has_rss else "-"
         runs = " ".join(f"{s:.3f}" for s in m.seconds)
         print(
             f"{m.label:<{width}} {m.median():>9.3f} {m.rate(n):>9.1f} {m.mb_per_s(size):>8.1f} "
@@ -370,7 +388,12 @@ def print_report(args: argparse.Namespace, data: Dataset, results: dict[str, Mea
         )
     for m in results.values():
         if m.has_rss:
-            print(f"peak RSS {m.label} ({m.rss_note}): " + " ".join(fmt_mb(r) for r in m.peak_rss))
+            print(
+                f"peak memory of {m.label} ({m.rss_note}), per run: RSS sum "
+                + " ".join(fmt_mb(r.rss) for r in m.runs)
+                + "; PSS sum "
+                + " ".join(fmt_mb(r.pss) for r in m.runs)
+            )
     ours = results.get("ours")
     if ours is None:
         return
@@ -500,13 +523,12 @@ def benchmark(args: argparse.Namespace) -> None:
         for run in range(1, args.repeat + 1):
             for measurement in methods:
                 run_dir = work / f"{measurement.key}-{run}"
-                seconds, rss = measurement.measure(run_dir)
-                measurement.seconds.append(seconds)
-                measurement.peak_rss.append(rss)
-                extra = f", peak RSS {fmt_mb(rss)}" if rss else ""
+                result = measurement.measure(run_dir)
+                measurement.runs.append(result)
+                extra = f", peak RSS {fmt_mb(result.rss)}" if result.rss else ""
                 print(
-                    f"run {run}/{args.repeat} {measurement.label}: {seconds:.2f} s, "
-                    f"{data.count / seconds:.1f} inst/s{extra}",
+                    f"run {run}/{args.repeat} {measurement.label}: {result.seconds:.3f} s, "
+                    f"{data.count / result.seconds:.1f} inst/s{extra}",
                     flush=True,
                 )
                 remove(run_dir, args.keep)

@@ -68,7 +68,9 @@ DEFAULT_SOURCES = [
 ]
 
 
-def make_archive(base: Path, url: str, sources: list[dict[str, Any]] | None = None, **ingest: Any) -> Archive:
+def make_archive(
+    base: Path, url: str, sources: list[dict[str, Any]] | None = None, **ingest: Any
+) -> Archive:
     """An archive below `base` on index `url`; call again to change its settings."""
     data: dict[str, Any] = {
         "archive": {"root": "archive", "quarantine": "quarantine"},

@@ -43,7 +43,9 @@ def vna(cfg: Path, *args: str) -> int:
     return main(["--config", str(cfg), *args])
 
 
-def test_status_counts_per_source_and_outcome(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_counts_per_source_and_outcome(
+    tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = config(tmp_path, index_url)
     generate(tmp_path / "drop-a", SampleSpec(instances=3, rows=16, columns=16))
     generate(tmp_path / "drop-b", SampleSpec(instances=2, rows=16, columns=16, seed=7))
@@ -65,7 +67,9 @@ def test_status_counts_per_source_and_outcome(tmp_path: Path, index_url: str, ca
     assert "pacs-b" in capsys.readouterr().out
 
 
-def test_quarantine_retry_after_the_policy_changed(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quarantine_retry_after_the_policy_changed(
+    tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = config(tmp_path, index_url)
     generate(tmp_path / "drop-a", SampleSpec(instances=1, rows=16, columns=16))
     vna(cfg, "ingest", "--once")
@@ -92,7 +96,9 @@ def test_quarantine_retry_after_the_policy_changed(tmp_path: Path, index_url: st
     assert vna(cfg, "verify") == 0
 
 
-def test_verify_exits_non_zero_with_a_list(tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_exits_non_zero_with_a_list(
+    tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = config(tmp_path, index_url)
     generate(tmp_path / "drop-a", SampleSpec(instances=2, rows=16, columns=16))
     vna(cfg, "ingest", "--once")
@@ -110,7 +116,11 @@ def test_verify_exits_non_zero_with_a_list(tmp_path: Path, index_url: str, capsy
 def test_bad_config_is_a_clear_cli_error(tmp_path: Path) -> None:
     bad = tmp_path / "vna.toml"
     bad.write_text("[ingest]\nworkers = -1\n")
-    proc = subprocess.run([sys.executable, "-m", "vna.cli.main", "--config", str(bad), "status"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vna.cli.main", "--config", str(bad), "status"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "ingest.workers: expected a whole number >= 0, got -1" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -118,7 +128,13 @@ def test_bad_config_is_a_clear_cli_error(tmp_path: Path) -> None:
 
 def test_unreachable_index_is_exit_code_3(tmp_path: Path) -> None:
     cfg = tmp_path / "vna.toml"
-    cfg.write_text('[index]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"\n')
-    proc = subprocess.run([sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "status"], capture_output=True, text=True)
+    cfg.write_text(
+        '[index]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "status"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 3, proc.stderr
     assert "index database unreachable" in proc.stderr

@@ -56,7 +56,17 @@ issuer_of_patient_id = "PACS_A"
 
 def start(cfg: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "--log-level", "WARNING", "ingest", *extra],
+        [
+            sys.executable,
+            "-m",
+            "vna.cli.main",
+            "--config",
+            str(cfg),
+            "--log-level",
+            "WARNING",
+            "ingest",
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -73,11 +83,16 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, index_url: str)
     bad_inputs = 0
     killed_mid_run = 0
     for trial in range(TRIALS):
-        spec = SampleSpec(instances=PER_TRIAL, per_series=PER_TRIAL, rows=128, columns=128, seed=1000 + trial)
+        spec = SampleSpec(
+            instances=PER_TRIAL, per_series=PER_TRIAL, rows=128, columns=128, seed=1000 + trial
+        )
         generate(drop / f"export{trial:03d}", spec)
         expected |= {str(ds.SOPInstanceUID) for _, ds in datasets(spec)}
         if trial % 5 == 2:  # a re-export of an earlier study: duplicates
-            generate(drop / f"reexport{trial:03d}", SampleSpec(instances=5, per_series=5, rows=128, columns=128, seed=1000))
+            generate(
+                drop / f"reexport{trial:03d}",
+                SampleSpec(instances=5, per_series=5, rows=128, columns=128, seed=1000),
+            )
         if trial % 4 == 1:  # and some bad input
             (drop / f"export{trial:03d}" / "README.txt").write_text("not an image")
             bad_inputs += 1
@@ -107,7 +122,9 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, index_url: str)
     assert len(entries) == bad_inputs
     assert not list((tmp_path / "quarantine" / ".incoming").glob("*"))
     verify = subprocess.run(
-        [sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "verify"], capture_output=True, text=True
+        [sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "verify"],
+        capture_output=True,
+        text=True,
     )
     assert verify.returncode == 0, f"seed {seed}: {verify.stdout}"
     assert f"verified {len(expected)} files against {len(expected)} index rows" in verify.stdout

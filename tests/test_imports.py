@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"vna": {"replicator", "viewer_gateway"}, "replicator": {"viewer_gateway"}, "viewer_gateway": {"replicator"}}
+FORBIDDEN = {
+    "vna": {"replicator", "viewer_gateway"},
+    "replicator": {"viewer_gateway"},
+    "viewer_gateway": {"replicator"},
+}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -22,5 +26,9 @@ def test_package_imports_only_what_it_may(package: str) -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in FORBIDDEN[package]]
+            offenders += [
+                f"{path.relative_to(REPO)}: {n}"
+                for n in names
+                if n.split(".")[0] in FORBIDDEN[package]
+            ]
     assert offenders == []

@@ -16,10 +16,9 @@ from sqlalchemy import func, select
 from tests.conftest import Archive, make_archive
 from vna.index import schema
 from vna.ingest.coerce import read_provenance
-from vna.layout import instance_relpath
+from vna.layout import Layout, instance_relpath
 from vna.sample import SampleSpec, datasets, generate
 from vna.verify import verify
-from vna.layout import Layout
 
 SMALL = SampleSpec(instances=6, per_series=3, rows=32, columns=32)
 
@@ -56,7 +55,9 @@ def test_sample_files_are_archived_into_the_layout_and_index(archive: Archive) -
     assert {r.sop_uid for r in rows} == set(originals)
     for row in rows:
         original = originals[row.sop_uid]
-        assert row.path == instance_relpath(original.StudyInstanceUID, original.SeriesInstanceUID, row.sop_uid)
+        assert row.path == instance_relpath(
+            original.StudyInstanceUID, original.SeriesInstanceUID, row.sop_uid
+        )
         archived = pydicom.dcmread(archive.settings.archive.root / row.path)
         assert archived.PixelData == original.PixelData  # bit-exact
         assert archived.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
@@ -84,11 +85,15 @@ def test_same_patient_id_from_two_sources_stays_two_patients(archive: Archive) -
     archive.ingest()
 
     with archive.engine.connect() as conn:
-        patients = conn.execute(select(schema.patients.c.patient_id, schema.patients.c.issuer_of_patient_id)).all()
+        patients = conn.execute(
+            select(schema.patients.c.patient_id, schema.patients.c.issuer_of_patient_id)
+        ).all()
     assert sorted(patients) == [("P0100000", "PACS_A"), ("P0100000", "PACS_B")]
 
 
-def test_coercion_rules_change_the_header_and_keep_originals(tmp_path: Path, index_url: str) -> None:
+def test_coercion_rules_change_the_header_and_keep_originals(
+    tmp_path: Path, index_url: str
+) -> None:
     archive = make_archive(
         tmp_path,
         index_url,
@@ -122,7 +127,11 @@ def test_coercion_rules_change_the_header_and_keep_originals(tmp_path: Path, ind
     assert modified.Modality == "CT"
     assert modified.ReferringPhysicianName == "House^Gregory"
     prov = read_provenance(ds)
-    assert prov.source == "pacs-a" and prov.received is not None and prov.content_digest == row.content_digest
+    assert (
+        prov.source == "pacs-a"
+        and prov.received is not None
+        and prov.content_digest == row.content_digest
+    )
     assert row.modality == "OT" and row.institution_name == "General Hospital"
 
 
@@ -169,7 +178,9 @@ def test_duplicate_with_different_digest_is_quarantined(archive: Archive) -> Non
     assert pydicom.dcmread(entry_dirs[0] / f.name).PatientName == "Changed^Name"
 
 
-def test_replace_policy_archives_new_version_and_keeps_old_in_quarantine(tmp_path: Path, index_url: str) -> None:
+def test_replace_policy_archives_new_version_and_keeps_old_in_quarantine(
+    tmp_path: Path, index_url: str
+) -> None:
     archive = make_archive(tmp_path, index_url, duplicate_policy="replace")
     generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
     archive.ingest()
@@ -185,9 +196,13 @@ def test_replace_policy_archives_new_version_and_keeps_old_in_quarantine(tmp_pat
     assert outcome.outcome == "replaced"
     (after,) = instance_rows(archive)
     assert after.digest != before.digest and after.series_pk == before.series_pk
-    assert pydicom.dcmread(archive.settings.archive.root / after.path).SeriesDescription == "Corrected"
+    assert (
+        pydicom.dcmread(archive.settings.archive.root / after.path).SeriesDescription == "Corrected"
+    )
     with archive.engine.connect() as conn:
-        kinds = [r.kind for r in conn.execute(select(schema.changes).order_by(schema.changes.c.seq))]
+        kinds = [
+            r.kind for r in conn.execute(select(schema.changes).order_by(schema.changes.c.seq))
+        ]
         reasons = [r.reason for r in conn.execute(select(schema.quarantine))]
     assert kinds == ["created", "replaced"]
     assert reasons == ["superseded"]
@@ -202,7 +217,9 @@ def test_replace_policy_archives_new_version_and_keeps_old_in_quarantine(tmp_pat
         (b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\0", "truncated"),
     ],
 )
-def test_bad_files_are_quarantined_with_a_reason(archive: Archive, content: bytes, reason: str) -> None:
+def test_bad_files_are_quarantined_with_a_reason(
+    archive: Archive, content: bytes, reason: str
+) -> None:
     bad = archive.drop() / "vendor" / "sub" / "file.bin"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(content)
@@ -239,8 +256,12 @@ def test_dicomdir_is_quarantined(archive: Archive) -> None:
     assert (outcome.outcome, outcome.reason) == ("quarantined", "dicomdir")
 
 
-@pytest.mark.parametrize("bad_uid", ["../../etc", "1.2.3/..", "1.2.3/../../x", "1." + "2" * 70, "1..2", ".1.2", "1.2."])
-def test_uid_that_could_escape_the_layout_never_becomes_a_path(archive: Archive, bad_uid: str) -> None:
+@pytest.mark.parametrize(
+    "bad_uid", ["../../etc", "1.2.3/..", "1.2.3/../../x", "1." + "2" * 70, "1..2", ".1.2", "1.2."]
+)
+def test_uid_that_could_escape_the_layout_never_becomes_a_path(
+    archive: Archive, bad_uid: str
+) -> None:
     generate(archive.drop(), SampleSpec(instances=1, rows=16, columns=16))
     (f,) = [p for p in archive.drop().rglob("*") if p.is_file()]
     ds = pydicom.dcmread(f)
@@ -251,7 +272,9 @@ def test_uid_that_could_escape_the_layout_never_becomes_a_path(archive: Archive,
 
     assert (outcome.outcome, outcome.reason) == ("quarantined", "invalid-uid")
     created = [p for p in archive.base.rglob("*") if p.is_file() and "quarantine" not in p.parts]
-    assert all(p.name in ("index.db", "index.db-wal", "index.db-shm", "lock") for p in created), created
+    assert all(p.name in ("index.db", "index.db-wal", "index.db-shm", "lock") for p in created), (
+        created
+    )
 
 
 def test_missing_sop_instance_uid_is_quarantined(archive: Archive) -> None:
@@ -270,7 +293,7 @@ def test_missing_sop_instance_uid_is_quarantined(archive: Archive) -> None:
 def test_file_still_being_written_is_not_taken(tmp_path: Path, index_url: str) -> None:
     archive = make_archive(tmp_path, index_url, settle_seconds=30)
     generate(archive.drop(), SampleSpec(instances=2, rows=16, columns=16))
-    fresh, old = sorted(p for p in archive.drop().rglob("*") if p.is_file())
+    _fresh, old = sorted(p for p in archive.drop().rglob("*") if p.is_file())
     past = time.time() - 60
     os.utime(old, (past, past))
 

@@ -8,7 +8,23 @@ from vna.layout import InvalidUID, check_uid, instance_relpath, parse_relpath
 
 
 @pytest.mark.parametrize(
-    "uid", ["../../etc", "1.2.3/..", "1.2/3", "", ".", "1..2", ".1", "1.", "1.2.a", "١.٢", "1" * 65, "1.2\x00", " 1.2", "1.2\n"]
+    "uid",
+    [
+        "../../etc",
+        "1.2.3/..",
+        "1.2/3",
+        "",
+        ".",
+        "1..2",
+        ".1",
+        "1.",
+        "1.2.a",
+        "١.٢",
+        "1" * 65,
+        "1.2\x00",
+        " 1.2",
+        "1.2\n",
+    ],
 )
 def test_malformed_uid_is_rejected(uid: str) -> None:
     with pytest.raises(InvalidUID):
@@ -21,5 +37,9 @@ def test_valid_uid_maps_to_the_dicomweb_shaped_path() -> None:
     rel = instance_relpath("1.2", "3.4", "5.6")
     assert rel == "studies/1.2/series/3.4/instances/5.6.dcm"
     entry = parse_relpath(rel)
-    assert entry is not None and (entry.study_uid, entry.series_uid, entry.sop_uid) == ("1.2", "3.4", "5.6")
+    assert entry is not None and (entry.study_uid, entry.series_uid, entry.sop_uid) == (
+        "1.2",
+        "3.4",
+        "5.6",
+    )
     assert parse_relpath("studies/../series/3.4/instances/5.6.dcm") is None

@@ -38,9 +38,16 @@ def test_every_pydicom_test_file_is_accounted_for(tmp_path: Path, index_url: str
     archived = sum(o.outcome == "archived" for o in final.values())
     assert archived > 80
     with archive.engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(schema.instances)).scalar_one() == archived
+        assert (
+            conn.execute(select(func.count()).select_from(schema.instances)).scalar_one()
+            == archived
+        )
         held = conn.execute(select(func.count()).select_from(schema.quarantine)).scalar_one()
     assert held == sum(o.outcome == "quarantined" for o in final.values())
-    quarantined_files = [p for p in archive.settings.archive.quarantine.rglob("*") if p.is_file() and p.name != "reason.json"]
+    quarantined_files = [
+        p
+        for p in archive.settings.archive.quarantine.rglob("*")
+        if p.is_file() and p.name != "reason.json"
+    ]
     assert len(quarantined_files) == held
     assert list(verify(archive.engine, Layout(archive.settings.archive.root))) == []

@@ -34,7 +34,9 @@ def test_every_key_is_in_the_example_file() -> None:
     tomllib.loads(text)
     for key, _default, help_text in settings.describe():
         leaf = key.rsplit(".", 1)[-1]
-        assert re.search(rf"^#?\s*{leaf}\s*=", text, re.M), f"{key} is not documented in etc/vna.example.toml"
+        assert re.search(rf"^#?\s*{leaf}\s*=", text, re.M), (
+            f"{key} is not documented in etc/vna.example.toml"
+        )
         assert help_text, f"{key} has no help text"
 
 
@@ -43,13 +45,25 @@ def test_every_key_is_in_the_example_file() -> None:
     [
         ("[archive]\nrooot = 'x'\n", "archive.rooot: unknown key"),
         ("[ingest]\nworkers = 'two'\n", "ingest.workers: expected a whole number"),
-        ("[ingest]\nduplicate_policy = 'overwrite'\n", "ingest.duplicate_policy: 'overwrite' is not one of"),
+        (
+            "[ingest]\nduplicate_policy = 'overwrite'\n",
+            "ingest.duplicate_policy: 'overwrite' is not one of",
+        ),
         ("[[sources]]\ndrop = '/x'\n", "sources[0].name: required key is missing"),
         ("[[sources]]\nname = 'a/b'\ndrop = '/x'\n", "sources[0].name: 'a/b' must be"),
-        ("[[sources]]\nname = 'a'\ndrop = '/x'\n[[sources]]\nname = 'a'\ndrop = '/y'\n", "sources[1].name: 'a' is configured twice"),
+        (
+            "[[sources]]\nname = 'a'\ndrop = '/x'\n[[sources]]\nname = 'a'\ndrop = '/y'\n",
+            "sources[1].name: 'a' is configured twice",
+        ),
         ("[[sources]]\nname = 'a'\ndrop = '/x'\nwatch = 'inotify'\n", "sources[0].watch"),
-        ("[[sources]]\nname = 'a'\ndrop = '/x'\n[sources.coerce]\nset = { NotAKeyword = '1' }\n", "sources[0].coerce.set.NotAKeyword: not a DICOM keyword"),
-        ("[[sources]]\nname = 'a'\ndrop = '/x'\n[sources.coerce]\nremove = ['SOPInstanceUID']\n", "may not be coerced"),
+        (
+            "[[sources]]\nname = 'a'\ndrop = '/x'\n[sources.coerce]\nset = { NotAKeyword = '1' }\n",
+            "sources[0].coerce.set.NotAKeyword: not a DICOM keyword",
+        ),
+        (
+            "[[sources]]\nname = 'a'\ndrop = '/x'\n[sources.coerce]\nremove = ['SOPInstanceUID']\n",
+            "may not be coerced",
+        ),
         ("[ingest]\nafter = 'move'\n", "ingest.processed: required"),
         ("[index\nurl = 1", "not valid TOML"),
     ],
@@ -62,7 +76,9 @@ def test_bad_settings_name_the_key_and_the_fault(tmp_path: Path, text: str, mess
 
 def test_environment_overrides_a_key(tmp_path: Path) -> None:
     p = write(tmp_path, "[index]\nurl = 'sqlite:///a.db'\n")
-    s = settings.load(p, environ={"VNA_INDEX__URL": "postgresql+psycopg://h/db", "VNA_INGEST__WORKERS": "4"})
+    s = settings.load(
+        p, environ={"VNA_INDEX__URL": "postgresql+psycopg://h/db", "VNA_INGEST__WORKERS": "4"}
+    )
     assert s.index.url == "postgresql+psycopg://h/db"
     assert s.ingest.workers == 4
 
@@ -75,5 +91,5 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="nope.toml: configuration file not found"):
+    with pytest.raises(SettingsError, match=r"nope\.toml: configuration file not found"):
         settings.load(tmp_path / "nope.toml")

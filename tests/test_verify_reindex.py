@@ -22,7 +22,16 @@ def problems(archive: Archive) -> list[tuple[str, str]]:
 
 def snapshot(archive: Archive) -> list[tuple]:
     i = schema.instances
-    cols = (i.c.sop_uid, i.c.path, i.c.size, i.c.digest, i.c.content_digest, i.c.source, i.c.transfer_syntax_uid, i.c.instance_number)
+    cols = (
+        i.c.sop_uid,
+        i.c.path,
+        i.c.size,
+        i.c.digest,
+        i.c.content_digest,
+        i.c.source,
+        i.c.transfer_syntax_uid,
+        i.c.instance_number,
+    )
     with archive.engine.connect() as conn:
         return sorted(tuple(r) for r in conn.execute(select(*cols)))
 
@@ -61,10 +70,20 @@ def test_reindex_rebuilds_the_same_index_from_the_layout(archive: Archive) -> No
     archive.ingest()
     before = snapshot(archive)
     with archive.engine.begin() as conn:
-        for t in (schema.instances, schema.series, schema.studies, schema.patients, schema.quarantine):
+        for t in (
+            schema.instances,
+            schema.series,
+            schema.studies,
+            schema.patients,
+            schema.quarantine,
+        ):
             conn.execute(t.delete())
 
-    report = reindex(archive.engine, Layout(archive.settings.archive.root), QuarantineStore(archive.settings.archive.quarantine))
+    report = reindex(
+        archive.engine,
+        Layout(archive.settings.archive.root),
+        QuarantineStore(archive.settings.archive.quarantine),
+    )
 
     assert report.instances == 6 and report.quarantined == 1 and report.problems == []
     assert snapshot(archive) == before
@@ -79,7 +98,11 @@ def test_reindexed_archive_still_recognises_duplicates(archive: Archive) -> None
     spec = SampleSpec(instances=2, rows=16, columns=16)
     generate(archive.drop(), spec)
     archive.ingest()
-    reindex(archive.engine, Layout(archive.settings.archive.root), QuarantineStore(archive.settings.archive.quarantine))
+    reindex(
+        archive.engine,
+        Layout(archive.settings.archive.root),
+        QuarantineStore(archive.settings.archive.quarantine),
+    )
     generate(archive.drop(), spec)
 
     outcomes = archive.ingest()

@@ -28,9 +28,13 @@ def wait_for_instances(engine, n: int, timeout: float = 20.0) -> int:
 
 
 @pytest.mark.parametrize("watch", ["events", "poll"])
-def test_running_daemon_takes_new_files_without_a_rescan(tmp_path: Path, index_url: str, watch: str) -> None:
+def test_running_daemon_takes_new_files_without_a_rescan(
+    tmp_path: Path, index_url: str, watch: str
+) -> None:
     sources = [{"name": "pacs-a", "drop": "drop/pacs-a", "watch": watch, "poll_seconds": 0.5}]
-    archive = make_archive(tmp_path, index_url, sources=sources, settle_seconds=0.3, rescan_seconds=3600)
+    archive = make_archive(
+        tmp_path, index_url, sources=sources, settle_seconds=0.3, rescan_seconds=3600
+    )
     daemon = IngestDaemon(archive.settings, archive.engine)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
@@ -46,7 +50,9 @@ def test_running_daemon_takes_new_files_without_a_rescan(tmp_path: Path, index_u
     assert not [p for p in archive.drop().rglob("*") if p.is_file()]
 
 
-def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(tmp_path: Path, index_url: str) -> None:
+def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(
+    tmp_path: Path, index_url: str
+) -> None:
     archive = make_archive(tmp_path, index_url, settle_seconds=0, rescan_seconds=3600)
     generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16))
     daemon = IngestDaemon(archive.settings, archive.engine)

@@ -51,7 +51,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("StudyDate", Level.STUDY, "study_date", Match.DATE, 8),
     Attribute("StudyTime", Level.STUDY, "study_time", Match.TIME, 28),
     Attribute("AccessionNumber", Level.STUDY, "accession_number", Match.SINGLE, 16),
-    Attribute("ReferringPhysicianName", Level.STUDY, "referring_physician_name", Match.PERSON_NAME, 324),
+    Attribute(
+        "ReferringPhysicianName", Level.STUDY, "referring_physician_name", Match.PERSON_NAME, 324
+    ),
     Attribute("StudyID", Level.STUDY, "study_id", Match.SINGLE, 16),
     Attribute("StudyDescription", Level.STUDY, "study_description", Match.SINGLE, 64),
     Attribute("PatientAge", Level.STUDY, "patient_age", Match.SINGLE, 4),
@@ -65,12 +67,8 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("SeriesTime", Level.SERIES, "series_time", Match.TIME, 28),
     Attribute("BodyPartExamined", Level.SERIES, "body_part_examined", Match.SINGLE, 16),
     Attribute("Laterality", Level.SERIES, "laterality", Match.SINGLE, 16),
-    Attribute(
-        "PerformedProcedureStepStartDate", Level.SERIES, "pps_start_date", Match.DATE, 8
-    ),
-    Attribute(
-        "PerformedProcedureStepStartTime", Level.SERIES, "pps_start_time", Match.TIME, 28
-    ),
+    Attribute("PerformedProcedureStepStartDate", Level.SERIES, "pps_start_date", Match.DATE, 8),
+    Attribute("PerformedProcedureStepStartTime", Level.SERIES, "pps_start_time", Match.TIME, 28),
     Attribute("Manufacturer", Level.SERIES, "manufacturer", Match.SINGLE, 64),
     Attribute("StationName", Level.SERIES, "station_name", Match.SINGLE, 16),
     Attribute("InstitutionName", Level.SERIES, "institution_name", Match.SINGLE, 64),

@@ -34,13 +34,17 @@ from pydicom.uid import (
 from vna import digest
 from vna.errors import InvalidInput
 
-IMPLEMENTATION_CLASS_UID = UID("2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:vna:implementation").int))
+IMPLEMENTATION_CLASS_UID = UID(
+    "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:vna:implementation").int)
+)
 IMPLEMENTATION_VERSION_NAME = "VNA_0_1"
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _ITEM = 0xFFFEE000
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
-_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+)
 _UNCOMPRESSED = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian)
 
 
@@ -187,9 +191,14 @@ def _check_dataset_end(fh: BinaryIO, ds: Dataset, size: int) -> None:
         if fh.read(4) not in (b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\xdd"):
             raise Truncated("the last sequence ends without its delimiter")
     elif tell + length > size:
-        raise Truncated(f"the last element needs {length} bytes but the file ends {tell + length - size} bytes short")
+        short = tell + length - size
+        raise Truncated(
+            f"the last element needs {length} bytes but the file ends {short} bytes short"
+        )
     elif tell + length < size:
-        raise Truncated(f"the file ends inside an element header ({size - tell - length} stray bytes)")
+        raise Truncated(
+            f"the file ends inside an element header ({size - tell - length} stray bytes)"
+        )
 
 
 def _check_tail(fh: BinaryIO, offset: int, size: int, implicit: bool, little: bool) -> None:
@@ -219,7 +228,9 @@ def _check_tail(fh: BinaryIO, offset: int, size: int, implicit: bool, little: bo
     else:
         pos += length
         if pos > size:
-            raise Truncated(f"pixel data needs {length} bytes but the file ends {pos - size} bytes short")
+            raise Truncated(
+                f"pixel data needs {length} bytes but the file ends {pos - size} bytes short"
+            )
     if pos < size:
         fh.seek(pos)
         rest = fh.read()

@@ -68,7 +68,7 @@ class Entry:
 
 def entry_id(source: str, drop_relpath: str, digest: str) -> str:
     """Deterministic id: the same file from the same place always maps to one entry."""
-    return xxhash.xxh3_128_hexdigest(f"{source}\0{drop_relpath}\0{digest}".encode())  # type: ignore[no-any-return]
+    return xxhash.xxh3_128_hexdigest(f"{source}\0{drop_relpath}\0{digest}".encode())
 
 
 class QuarantineStore:

@@ -37,7 +37,10 @@ class ReindexReport:
 
 
 def reindex(
-    engine: Engine, layout: Layout, quarantine: QuarantineStore, progress: Callable[[int], None] | None = None
+    engine: Engine,
+    layout: Layout,
+    quarantine: QuarantineStore,
+    progress: Callable[[int], None] | None = None,
 ) -> ReindexReport:
     """Replace the catalogue tables with what the layout holds; keep history tables."""
     report = ReindexReport()

@@ -19,7 +19,16 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from vna.part10 import IMPLEMENTATION_CLASS_UID
 
-NAMES = ("Müller^Hans", "Nguyen^Thi", "Smith^John", "García^Lucía", "Kowalski^Jan", "Öztürk^Ayşe", "Okafor^Chinwe", "Tanaka^Yuki")
+NAMES = (
+    "Müller^Hans",
+    "Nguyen^Thi",
+    "Smith^John",
+    "García^Lucía",
+    "Kowalski^Jan",
+    "Öztürk^Ayşe",
+    "Okafor^Chinwe",
+    "Tanaka^Yuki",
+)
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,16 @@ def _key(default: Any, help: str, **kw: Any) -> Any:
 class ArchiveSettings:
     root: Path = _key(Path("var/archive"), "Tier 0: the standard layout (studies/...).")
     quarantine: Path = _key(Path("var/quarantine"), "Where bad input is kept, with a reason.")
-    fsync: bool = _key(True, "fsync files and folders before indexing; off only for throwaway demos.")
+    fsync: bool = _key(
+        True, "fsync files and folders before indexing; off only for throwaway demos."
+    )
 
 
 @dataclass(frozen=True)
 class IndexSettings:
-    url: str = _key("sqlite:///var/index.db", "SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://...")
+    url: str = _key(
+        "sqlite:///var/index.db", "SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://..."
+    )
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,12 @@ class IngestSettings:
     rescan_seconds: float = _key(60.0, "Full rescan of every drop folder, to catch missed events.")
     workers: int = _key(2, "Worker processes that parse, coerce, hash and write; 0 = in-process.")
     batch_size: int = _key(64, "Files committed to the index in one transaction.")
-    after: AfterIngest = _key("delete", "What to do with a drop file once archived: delete or move.")
-    processed: Path | None = _key(None, "With after = 'move': the folder archived drop files go to.")
+    after: AfterIngest = _key(
+        "delete", "What to do with a drop file once archived: delete or move."
+    )
+    processed: Path | None = _key(
+        None, "With after = 'move': the folder archived drop files go to."
+    )
     ignore: list[str] = _key(
         [".*", "*.tmp", "*.part", "*.partial"],
         "Glob patterns of names never taken (partial transfers, hidden files).",
@@ -190,7 +198,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise SettingsError(f"{key}: expected a table, got {type(value).__name__}")
         return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):
@@ -264,7 +272,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
 def _check_keywords(rules: CoercionSettings, where: str) -> None:
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-    for kind, keywords in (("set", rules.set), ("replace", rules.replace), ("remove", rules.remove)):
+    for kind, keywords in (
+        ("set", rules.set),
+        ("replace", rules.replace),
+        ("remove", rules.remove),
+    ):
         for kw in keywords:
             tag = tag_for_keyword(kw)
             if tag is None:
@@ -304,7 +316,11 @@ def describe() -> list[tuple[str, Any, str]]:
             if dataclasses.is_dataclass(inner):
                 walk(inner, name)  # type: ignore[arg-type]
             else:
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                default = (
+                    f.default_factory()
+                    if f.default_factory is not dataclasses.MISSING
+                    else f.default
+                )
                 out.append((name, default, f.metadata.get("help", "")))
 
     walk(Settings, "")

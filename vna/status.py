@@ -10,27 +10,42 @@ from vna.index import schema
 
 
 def collect(engine: Engine) -> dict[str, Any]:
-    """Counts per source and outcome: archived (instances, bytes), duplicates, quarantined by reason."""
+    """Per source: archived (instances, bytes), duplicates, quarantined by reason; and totals."""
     inst, dup, q = schema.instances, schema.duplicates, schema.quarantine
     sources: dict[str, dict[str, Any]] = {}
 
     def entry(name: str) -> dict[str, Any]:
         return sources.setdefault(
-            name, {"archived": 0, "bytes": 0, "duplicates": 0, "quarantined": 0, "quarantine_reasons": {}, "last_received": None}
+            name,
+            {
+                "archived": 0,
+                "bytes": 0,
+                "duplicates": 0,
+                "quarantined": 0,
+                "quarantine_reasons": {},
+                "last_received": None,
+            },
         )
 
     with engine.connect() as conn:
         for r in conn.execute(
-            select(inst.c.source, func.count(), func.coalesce(func.sum(inst.c.size), 0), func.max(inst.c.received_at)).group_by(
-                inst.c.source
-            )
+            select(
+                inst.c.source,
+                func.count(),
+                func.coalesce(func.sum(inst.c.size), 0),
+                func.max(inst.c.received_at),
+            ).group_by(inst.c.source)
         ):
             e = entry(r[0])
             e["archived"], e["bytes"] = int(r[1]), int(r[2])
             e["last_received"] = r[3].isoformat() if r[3] is not None else None
         for r in conn.execute(select(dup.c.source, func.count()).group_by(dup.c.source)):
             entry(r[0])["duplicates"] = int(r[1])
-        for r in conn.execute(select(q.c.source, q.c.reason, func.count()).where(q.c.state == "held").group_by(q.c.source, q.c.reason)):
+        for r in conn.execute(
+            select(q.c.source, q.c.reason, func.count())
+            .where(q.c.state == "held")
+            .group_by(q.c.source, q.c.reason)
+        ):
             e = entry(r[0])
             e["quarantined"] += int(r[2])
             e["quarantine_reasons"][r[1]] = int(r[2])

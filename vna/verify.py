@@ -23,7 +23,8 @@ from vna.layout import LOCK, STAGING, Layout, parse_relpath
 class Problem:
     """One disagreement, named so an admin knows what to look at."""
 
-    kind: str  # missing-file | orphan-file | stray-file | size-mismatch | digest-mismatch | stale-staging
+    # missing-file | orphan-file | stray-file | size-mismatch | digest-mismatch | stale-staging
+    kind: str
     path: str
     detail: str = ""
 
@@ -38,13 +39,18 @@ class Summary:
     hashed: int = 0
 
 
-def verify(engine: Engine, layout: Layout, digests: bool = True, summary: Summary | None = None) -> Iterator[Problem]:
+def verify(
+    engine: Engine, layout: Layout, digests: bool = True, summary: Summary | None = None
+) -> Iterator[Problem]:
     """Yield every disagreement between layout and index."""
     summary = summary if summary is not None else Summary()
     yield from _staging_leftovers(layout)
     studies_t, series_t, inst = schema.studies, schema.series, schema.instances
     with engine.connect() as conn:
-        indexed = [r[0] for r in conn.execute(select(studies_t.c.study_uid).order_by(studies_t.c.study_uid))]
+        indexed = [
+            r[0]
+            for r in conn.execute(select(studies_t.c.study_uid).order_by(studies_t.c.study_uid))
+        ]
         on_disk = layout.study_dirs()
         for study in sorted(set(indexed) | set(on_disk)):
             rows = {
@@ -57,7 +63,11 @@ def verify(engine: Engine, layout: Layout, digests: bool = True, summary: Summar
                 )
             }
             summary.rows += len(rows)
-            files = list(layout.walk_study(study)) if study in on_disk or Path(layout.root, "studies", study).is_dir() else []
+            files = (
+                list(layout.walk_study(study))
+                if study in on_disk or Path(layout.root, "studies", study).is_dir()
+                else []
+            )
             summary.files += len(files)
             for rel in files:
                 row = rows.pop(rel, None)
@@ -68,7 +78,9 @@ def verify(engine: Engine, layout: Layout, digests: bool = True, summary: Summar
                 path = layout.path(rel)
                 size = path.stat().st_size
                 if size != row.size:
-                    yield Problem("size-mismatch", rel, f"index {row.size} bytes, file {size} bytes")
+                    yield Problem(
+                        "size-mismatch", rel, f"index {row.size} bytes, file {size} bytes"
+                    )
                     continue
                 if digests:
                     summary.hashed += 1
@@ -86,4 +98,6 @@ def _staging_leftovers(layout: Layout) -> Iterator[Problem]:
     for d in sorted(base.iterdir()):
         for f in sorted(d.iterdir()) if d.is_dir() else []:
             if f.name != LOCK:
-                yield Problem("stale-staging", f"{STAGING}/{d.name}/{f.name}", "left by an interrupted ingest")
+                yield Problem(
+                    "stale-staging", f"{STAGING}/{d.name}/{f.name}", "left by an interrupted ingest"
+                )

@@ -26,7 +26,10 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     daemon = IngestDaemon(settings, open_index(settings.index.url))
     install_stop_handlers(daemon.stop)
     counts = daemon.run(once=args.once)
-    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "deferred") or "nothing to do"
+    summary = (
+        ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "deferred")
+        or "nothing to do"
+    )
     print(f"vna ingest: {summary}", file=sys.stderr)
     return 0
 
@@ -39,4 +42,3 @@ def install_stop_handlers(stop: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-

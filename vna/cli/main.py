@@ -24,9 +24,17 @@ EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vna", description="Vendor-neutral archive for medical images.")
-    parser.add_argument("--config", help="settings file (TOML); default: $VNA_CONFIG, else built-in defaults")
-    parser.add_argument("--log-level", default=os.environ.get("VNA_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
+    parser = argparse.ArgumentParser(
+        prog="vna", description="Vendor-neutral archive for medical images."
+    )
+    parser.add_argument(
+        "--config", help="settings file (TOML); default: $VNA_CONFIG, else built-in defaults"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("VNA_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR",
+    )
     parser.add_argument("--version", action="version", version=f"vna {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:

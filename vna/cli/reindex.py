@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
-        print("vna reindex replaces every patient, study, series and instance row; add --yes to proceed")
+        print("vna reindex replaces every patient, study, series and instance row; add --yes")
         return 2
     report = reindex(
         open_index(settings.index.url),
@@ -30,5 +30,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     )
     for problem in report.problems:
         print(f"skipped {problem}")
-    print(f"reindexed {report.instances} instances, {report.quarantined} quarantine entries; {len(report.problems)} skipped")
+    print(
+        f"reindexed {report.instances} instances, {report.quarantined} quarantine entries; "
+        f"{len(report.problems)} skipped"
+    )
     return 1 if report.problems else 0

@@ -13,7 +13,9 @@ HELP = "generate synthetic CT studies as a PACS would export them"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="folder to write into (e.g. a source's drop folder)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder to write into (e.g. a source's drop folder)"
+    )
     parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--per-series", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1, help="same seed, same UIDs")
@@ -21,7 +23,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    spec = SampleSpec(instances=args.instances, per_series=args.per_series, seed=args.seed, rows=args.size, columns=args.size)
+    spec = SampleSpec(
+        instances=args.instances,
+        per_series=args.per_series,
+        seed=args.seed,
+        rows=args.size,
+        columns=args.size,
+    )
     files = generate(args.out, spec)
     print(f"wrote {len(files)} instances below {args.out}")
     return 0

@@ -24,10 +24,12 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     t = report["totals"]
     print(
-        f"archive: {t['instances']} instances ({human_bytes(t['bytes'])}) in {t['studies']} studies, "
+        f"archive: {t['instances']} instances ({human_bytes(t['bytes'])}) "
+        f"in {t['studies']} studies, "
         f"{t['series']} series, {t['patients']} patients; change feed at {t['change_feed_head']}"
     )
-    print(f"{'source':<20} {'archived':>10} {'size':>10} {'duplicates':>11} {'quarantined':>12}  last received")
+    header = ("source", "archived", "size", "duplicates", "quarantined", "last received")
+    print("{:<20} {:>10} {:>10} {:>11} {:>12}  {}".format(*header))
     for name, s in report["sources"].items():
         print(
             f"{name:<20} {s['archived']:>10} {human_bytes(s['bytes']):>10} {s['duplicates']:>11} "

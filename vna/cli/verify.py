@@ -14,7 +14,9 @@ HELP = "check that layout, index and digests agree (exit 1 and a list when they 
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-digests", action="store_true", help="compare presence and sizes only (fast)")
+    parser.add_argument(
+        "--no-digests", action="store_true", help="compare presence and sizes only (fast)"
+    )
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -24,5 +26,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     for problem in verify(open_index(settings.index.url), layout, not args.no_digests, summary):
         problems += 1
         print(problem)
-    print(f"verified {summary.files} files against {summary.rows} index rows ({summary.hashed} hashed): {problems} problem(s)")
+    print(
+        f"verified {summary.files} files against {summary.rows} index rows "
+        f"({summary.hashed} hashed): {problems} problem(s)"
+    )
     return 1 if problems else 0

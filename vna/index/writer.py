@@ -59,7 +59,9 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def insert_ignoring_conflicts(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+def insert_ignoring_conflicts(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]
+) -> None:
     """INSERT rows, silently skipping those whose unique `keys` already exist."""
     if not rows:
         return
@@ -76,12 +78,14 @@ def lookup(conn: Connection, sop_uids: Iterable[str]) -> dict[str, Existing]:
     for i in range(0, len(uids), 500):
         chunk = uids[i : i + 500]
         rows = conn.execute(
-            select(t.c.id, t.c.sop_uid, t.c.path, t.c.digest, t.c.content_digest, t.c.size, t.c.source).where(
-                t.c.sop_uid.in_(chunk)
-            )
+            select(
+                t.c.id, t.c.sop_uid, t.c.path, t.c.digest, t.c.content_digest, t.c.size, t.c.source
+            ).where(t.c.sop_uid.in_(chunk))
         )
         for r in rows:
-            found[r.sop_uid] = Existing(r.id, r.sop_uid, r.path, r.digest, r.content_digest, r.size, r.source)
+            found[r.sop_uid] = Existing(
+                r.id, r.sop_uid, r.path, r.digest, r.content_digest, r.size, r.source
+            )
     return found
 
 
@@ -100,6 +104,15 @@ def fold_name(name: str | None) -> str | None:
     return name.casefold() if name else None
 
 
+_Learned = tuple[dict[tuple[str, str], int], dict[str, int], dict[str, int]]
+
+
+def _remember(cache: OrderedDict[Any, int], learned: dict[Any, int]) -> None:
+    cache.update(learned)
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 @dataclass
 class IndexWriter:
     """Adds instances to the index; one per process, used from one thread."""
@@ -107,6 +120,7 @@ class IndexWriter:
     _patients: OrderedDict[tuple[str, str], int] = field(default_factory=OrderedDict)
     _studies: OrderedDict[str, int] = field(default_factory=OrderedDict)
     _series: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    _pending: _Learned | None = None
 
     def forget(self) -> None:
         """Drop every cached id (after a rollback, or a reindex that cleared the tables)."""
@@ -114,7 +128,9 @@ class IndexWriter:
         self._studies.clear()
         self._series.clear()
 
-    def add(self, conn: Connection, records: Sequence[InstanceRecord], replacing: dict[str, Existing]) -> list[dict[str, Any]]:
+    def add(
+        self, conn: Connection, records: Sequence[InstanceRecord], replacing: dict[str, Existing]
+    ) -> list[dict[str, Any]]:
         """Insert (or, for UIDs in `replacing`, update) instances; return their change rows.
 
         Runs inside the caller's transaction; `learned` ids enter the cache only
@@ -127,23 +143,36 @@ class IndexWriter:
 
         patient_rows: dict[tuple[str, str], dict[str, Any]] = {}
         for r in records:
-            key = (r.attributes.get("patient_id") or "", r.attributes.get("issuer_of_patient_id") or "")
+            key = (
+                r.attributes.get("patient_id") or "",
+                r.attributes.get("issuer_of_patient_id") or "",
+            )
             if key not in self._patients and key not in patient_rows:
                 row = {c: r.attributes.get(c) for c in _PATIENT_COLUMNS}
                 row["patient_id"], row["issuer_of_patient_id"] = key
                 row["patient_name_folded"] = fold_name(row.get("patient_name"))
                 patient_rows[key] = row
         if patient_rows:
-            insert_ignoring_conflicts(conn, schema.patients, list(patient_rows.values()), ["patient_id", "issuer_of_patient_id"])
+            insert_ignoring_conflicts(
+                conn,
+                schema.patients,
+                list(patient_rows.values()),
+                ["patient_id", "issuer_of_patient_id"],
+            )
             p = schema.patients
             for key in patient_rows:
                 pid = conn.execute(
-                    select(p.c.id).where(p.c.patient_id == key[0], p.c.issuer_of_patient_id == key[1])
+                    select(p.c.id).where(
+                        p.c.patient_id == key[0], p.c.issuer_of_patient_id == key[1]
+                    )
                 ).scalar_one()
                 learned_p[key] = pid
 
         def patient_pk(r: InstanceRecord) -> int:
-            key = (r.attributes.get("patient_id") or "", r.attributes.get("issuer_of_patient_id") or "")
+            key = (
+                r.attributes.get("patient_id") or "",
+                r.attributes.get("issuer_of_patient_id") or "",
+            )
             return learned_p.get(key) or self._patients[key]
 
         study_rows: dict[str, dict[str, Any]] = {}
@@ -161,7 +190,9 @@ class IndexWriter:
             if uid not in self._series and uid not in series_rows:
                 study_uid = r.attributes["study_uid"]
                 row = {c: r.attributes.get(c) for c in _SERIES_COLUMNS}
-                row.update(study_pk=learned_st.get(study_uid) or self._studies[study_uid], created_at=stamp)
+                row.update(
+                    study_pk=learned_st.get(study_uid) or self._studies[study_uid], created_at=stamp
+                )
                 series_rows[uid] = row
         learned_se = self._find_or_create(conn, schema.series, "series_uid", series_rows)
 
@@ -204,7 +235,9 @@ class IndexWriter:
         self._pending = (learned_p, learned_st, learned_se)
         return change_rows
 
-    def _find_or_create(self, conn: Connection, table: Table, key: str, rows: dict[str, dict[str, Any]]) -> dict[str, int]:
+    def _find_or_create(
+        self, conn: Connection, table: Table, key: str, rows: dict[str, dict[str, Any]]
+    ) -> dict[str, int]:
         if not rows:
             return {}
         insert_ignoring_conflicts(conn, table, list(rows.values()), [key])
@@ -218,13 +251,12 @@ class IndexWriter:
 
     def commit_cache(self) -> None:
         """Remember the ids learned by the transaction that just committed."""
-        pending = getattr(self, "_pending", None)
-        if pending is None:
+        if self._pending is None:
             return
-        for cache, learned in zip((self._patients, self._studies, self._series), pending, strict=True):
-            cache.update(learned)  # type: ignore[attr-defined]
-            while len(cache) > _CACHE_SIZE:
-                cache.popitem(last=False)  # type: ignore[attr-defined]
+        patients, studies, series = self._pending
+        _remember(self._patients, patients)
+        _remember(self._studies, studies)
+        _remember(self._series, series)
         self._pending = None
 
 

@@ -59,10 +59,11 @@ def apply(ds: Dataset, rules: Rules, received: dt.datetime, content_digest: str)
 
     try:
         issuer = rules.issuer_of_patient_id
-        if issuer and (rules.override_issuer or not ds.get("IssuerOfPatientID")):
-            if ds.get("IssuerOfPatientID") != issuer:
-                record("IssuerOfPatientID")
-                ds.IssuerOfPatientID = issuer
+        current_issuer = ds.get("IssuerOfPatientID")
+        wanted = issuer and (rules.override_issuer or not current_issuer)
+        if wanted and current_issuer != issuer:
+            record("IssuerOfPatientID")
+            ds.IssuerOfPatientID = issuer
         for keyword, value in rules.set.items():
             if str(ds.get(keyword, "")) != value:
                 record(keyword)

@@ -27,7 +27,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from vna import digest
 from vna.errors import TargetUnavailable
 from vna.index import schema
-from vna.index.writer import Existing, IndexWriter, InstanceRecord, append_changes, insert_ignoring_conflicts, lookup
+from vna.index.writer import (
+    Existing,
+    IndexWriter,
+    InstanceRecord,
+    append_changes,
+    insert_ignoring_conflicts,
+    lookup,
+)
 from vna.ingest import journal
 from vna.ingest.prepare import Job, Prepared, Rejected, Result, Skipped
 from vna.layout import Layout, makedirs_durable
@@ -80,7 +87,9 @@ class _Batch:
 class Committer:
     """Owns the layout, the quarantine and the index writer of one ingest process."""
 
-    def __init__(self, settings: Settings, engine: Engine, layout: Layout, quarantine: QuarantineStore) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, layout: Layout, quarantine: QuarantineStore
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.layout = layout
@@ -141,7 +150,13 @@ class Committer:
                 b.outcomes.append(_outcome(result.job, "deferred", detail=str(exc)))
         return b
 
-    def _plan_one(self, b: _Batch, result: Result, existing: dict[str, Existing], in_batch: dict[str, Prepared]) -> None:
+    def _plan_one(
+        self,
+        b: _Batch,
+        result: Result,
+        existing: dict[str, Existing],
+        in_batch: dict[str, Prepared],
+    ) -> None:
         """Decide one result: archive, duplicate, quarantine, replace or defer."""
         job = result.job
         if isinstance(result, Skipped):
@@ -149,7 +164,9 @@ class Committer:
             b.outcomes.append(_outcome(job, kind, detail=result.why))
             return
         if isinstance(result, Rejected):
-            self._quarantine(b, result, result.reason, result.detail, result.digest, result.size, result.sop_uid)
+            self._quarantine(
+                b, result, result.reason, result.detail, result.digest, result.size, result.sop_uid
+            )
             return
         rec = result.record
         sop = rec.sop_uid
@@ -159,15 +176,26 @@ class Committer:
         if earlier is not None and earlier.record.content_digest != rec.content_digest:
             # Two versions in one batch: decide this one against the index next batch.
             Path(result.staged).unlink(missing_ok=True)
-            b.outcomes.append(_outcome(job, "deferred", sop, detail="another version in this batch"))
+            b.outcomes.append(
+                _outcome(job, "deferred", sop, detail="another version in this batch")
+            )
             return
         same = earlier is not None or (
-            prior is not None and (prior.content_digest == rec.content_digest or prior.digest == rec.digest)
+            prior is not None
+            and (prior.content_digest == rec.content_digest or prior.digest == rec.digest)
         )
         if same:
             Path(result.staged).unlink(missing_ok=True)
             first = earlier.record.digest if earlier else prior.digest if prior else rec.digest
-            b.duplicates.append(dict(source=job.source, drop_path=job.relpath, sop_uid=sop, digest=first, at=rec.received_at))
+            b.duplicates.append(
+                dict(
+                    source=job.source,
+                    drop_path=job.relpath,
+                    sop_uid=sop,
+                    digest=first,
+                    at=rec.received_at,
+                )
+            )
             b.finished.append((result, "duplicate"))
             b.outcomes.append(_outcome(job, "duplicate", sop, study_uid=study))
             return
@@ -204,11 +232,22 @@ class Committer:
         b.replacing[sop] = prior
         b.records.append(rec)
         b.placements.append((result, rec.path))
-        b.intents.append(journal.Intent(rec.path, "replaced", prior.digest, old_entry.source, old_entry.id))
+        b.intents.append(
+            journal.Intent(rec.path, "replaced", prior.digest, old_entry.source, old_entry.id)
+        )
         b.finished.append((result, "replaced"))
         b.outcomes.append(_outcome(job, "replaced", sop, study_uid=study))
 
-    def _quarantine(self, b: _Batch, result: Result, reason: Reason, detail: str, file_digest: str, size: int, sop: str | None) -> None:
+    def _quarantine(
+        self,
+        b: _Batch,
+        result: Result,
+        reason: Reason,
+        detail: str,
+        file_digest: str,
+        size: int,
+        sop: str | None,
+    ) -> None:
         job = result.job
         if job.quarantine_id is not None:
             # A retry that failed again: the entry stays where it is, with the new reason.
@@ -216,7 +255,9 @@ class Committer:
             entry = Entry(**{**entry.__dict__, "reason": reason.value, "detail": detail})
             self.quarantine.update_reason(entry)
         else:
-            entry = self.quarantine.put(job.source, Path(job.path), job.relpath, reason, detail, file_digest, size, sop)
+            entry = self.quarantine.put(
+                job.source, Path(job.path), job.relpath, reason, detail, file_digest, size, sop
+            )
             b.finished.append((result, "quarantined"))
         b.quarantined.append((result, entry))
         b.outcomes.append(_outcome(job, "quarantined", sop, reason.value, detail))
@@ -246,7 +287,9 @@ class Committer:
                         qid = result.job.quarantine_id
                         if qid is not None and outcome != "quarantined":
                             conn.execute(
-                                update(schema.quarantine).where(schema.quarantine.c.id == qid).values(state="released")
+                                update(schema.quarantine)
+                                .where(schema.quarantine.c.id == qid)
+                                .values(state="released")
                             )
                             b.released.append(self.quarantine.read(result.job.source, qid))
             finally:
@@ -264,7 +307,11 @@ class Committer:
             except FileNotFoundError:
                 return
             if (st.st_size, st.st_mtime_ns) != result.stat:
-                logger.warning("kept    source=%s file=%s: rewritten since it was read; taking it again", job.source, job.relpath)
+                logger.warning(
+                    "kept    source=%s file=%s: rewritten since it was read; taking it again",
+                    job.source,
+                    job.relpath,
+                )
                 return
         ingest = self.settings.ingest
         try:
@@ -280,7 +327,14 @@ class Committer:
             logger.error("cannot remove drop file %s after archiving it: %s", path, exc)
 
 
-def _outcome(job: Job, outcome: str, sop_uid: str | None = None, reason: str | None = None, detail: str | None = None, study_uid: str | None = None) -> Outcome:
+def _outcome(
+    job: Job,
+    outcome: str,
+    sop_uid: str | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+    study_uid: str | None = None,
+) -> Outcome:
     return Outcome(job.source, job.relpath, outcome, sop_uid, reason, detail, study_uid, job.path)
 
 

@@ -59,7 +59,12 @@ def rules_for(src: SourceSettings) -> Rules:
 class IngestDaemon:
     """Runs until stopped (`run`) or until the drop folders are drained (`run(once=True)`)."""
 
-    def __init__(self, settings: Settings, engine: Engine, on_outcome: Callable[[Outcome], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.layout = Layout(settings.archive.root, settings.archive.fsync)
         self.quarantine = QuarantineStore(settings.archive.quarantine, settings.archive.fsync)
@@ -160,7 +165,9 @@ class IngestDaemon:
             if src is None:
                 continue
             rel = os.path.relpath(path, src.drop)
-            if rel.startswith("..") or any(ignored(part, self.settings.ingest.ignore) for part in Path(rel).parts):
+            if rel.startswith("..") or any(
+                ignored(part, self.settings.ingest.ignore) for part in Path(rel).parts
+            ):
                 continue
             if is_dir:
                 for cand in scan(source, src.drop, self.settings.ingest.ignore, Path(path)):
@@ -287,7 +294,16 @@ class IngestDaemon:
             except OSError:
                 out.append(Skipped(job, "vanished", vanished=True))
                 continue
-            out.append(Rejected(job, Reason.UNREADABLE, "the parser crashed on this file repeatedly", file_digest, size, None))
+            out.append(
+                Rejected(
+                    job,
+                    Reason.UNREADABLE,
+                    "the parser crashed on this file repeatedly",
+                    file_digest,
+                    size,
+                    None,
+                )
+            )
         return out
 
     def _commit(self, results: list[Result]) -> None:
@@ -313,7 +329,11 @@ class IngestDaemon:
 
     def _start_pool(self) -> None:
         workers = self.settings.ingest.workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, initializer=init_worker) if workers > 0 else None
+        self._pool = (
+            ProcessPoolExecutor(max_workers=workers, initializer=init_worker)
+            if workers > 0
+            else None
+        )
         if self._pool is None:
             init_worker()
 

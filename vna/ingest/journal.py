@@ -72,6 +72,24 @@ def read(folder: Path) -> list[Intent]:
     return intents
 
 
+def _restore_superseded(
+    intent: Intent, layout: Layout, quarantine: QuarantineStore, touched: set[Path]
+) -> bool:
+    """Put back the version a replacement that never committed had pushed aside."""
+    if not (intent.superseded_id and intent.superseded_source):
+        return False
+    entry_dir = quarantine.entry_dir(intent.superseded_source, intent.superseded_id)
+    old = entry_dir / Path(intent.path).name
+    if not old.exists():
+        return False
+    staged = layout.staging_dir() / f"restore-{intent.superseded_id}"
+    staged.unlink(missing_ok=True)
+    os.link(old, staged)
+    touched |= layout.place(staged, intent.path)
+    quarantine.release_dir(entry_dir)
+    return True
+
+
 def replay(folder: Path, engine: Engine, layout: Layout, quarantine: QuarantineStore) -> int:
     """Undo what a batch placed without committing; return how many files were undone."""
     intents = read(folder)
@@ -80,26 +98,26 @@ def replay(folder: Path, engine: Engine, layout: Layout, quarantine: QuarantineS
     t = schema.instances
     with engine.connect() as conn:
         for intent in intents:
-            digest = conn.execute(select(t.c.digest).where(t.c.path == intent.path)).scalar_one_or_none()
+            digest = conn.execute(
+                select(t.c.digest).where(t.c.path == intent.path)
+            ).scalar_one_or_none()
             target = layout.path(intent.path)
             if intent.kind == "created" and digest is None:
                 if target.exists():
                     target.unlink()
                     touched.add(target.parent)
                     undone += 1
-            elif intent.kind == "replaced" and digest is not None and digest == intent.old_digest:
-                if intent.superseded_id and intent.superseded_source:
-                    entry_dir = quarantine.entry_dir(intent.superseded_source, intent.superseded_id)
-                    old = entry_dir / Path(intent.path).name
-                    if old.exists():
-                        staged = layout.staging_dir() / f"restore-{intent.superseded_id}"
-                        staged.unlink(missing_ok=True)
-                        os.link(old, staged)
-                        touched |= layout.place(staged, intent.path)
-                        quarantine.release_dir(entry_dir)
-                        undone += 1
+            elif (
+                intent.kind == "replaced"
+                and digest is not None
+                and digest == intent.old_digest
+                and _restore_superseded(intent, layout, quarantine, touched)
+            ):
+                undone += 1
     layout.sync_dirs(touched)
     clear(folder)
     if undone:
-        logger.warning("recovered an interrupted batch: %d file(s) rolled back in the layout", undone)
+        logger.warning(
+            "recovered an interrupted batch: %d file(s) rolled back in the layout", undone
+        )
     return undone

@@ -153,7 +153,9 @@ def _validate_uids(ds: Dataset) -> str:
         if value is None or str(value).strip() == "":
             raise MissingUID(f"{keyword} is missing or empty")
         if not is_valid_uid(str(value)):
-            raise BadUID(f"{keyword} {str(value)[:80]!r} is not a valid UID (digits and dots, at most 64)")
+            raise BadUID(
+                f"{keyword} {str(value)[:80]!r} is not a valid UID (digits and dots, at most 64)"
+            )
     return str(ds.SOPInstanceUID)
 
 
@@ -201,9 +203,6 @@ def extract(ds: Dataset) -> dict[str, Any]:
             except (TypeError, ValueError):
                 out[attr.column] = None
             continue
-        if isinstance(value, MultiValue):
-            text = "\\".join(str(v) for v in value)
-        else:
-            text = str(value)
+        text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
         out[attr.column] = text[: attr.length] or None
     return out

@@ -20,7 +20,9 @@ from vna.quarantine import Entry, QuarantineStore
 from vna.settings import Settings
 
 
-def held(engine: Engine, ids: Sequence[str] = (), source: str | None = None, reason: str | None = None) -> list[Entry]:
+def held(
+    engine: Engine, ids: Sequence[str] = (), source: str | None = None, reason: str | None = None
+) -> list[Entry]:
     """Quarantine entries still held, filtered by id, source or reason."""
     q = schema.quarantine
     stmt = select(q).where(q.c.state == "held").order_by(q.c.at)
@@ -62,7 +64,16 @@ def retry(settings: Settings, engine: Engine, entries: Sequence[Entry]) -> list[
             try:
                 src = settings.source(entry.source)
             except Exception:
-                outcomes.append(Outcome(entry.source, entry.drop_path, "quarantined", entry.sop_uid, "unknown-source", "the source is no longer configured"))
+                outcomes.append(
+                    Outcome(
+                        entry.source,
+                        entry.drop_path,
+                        "quarantined",
+                        entry.sop_uid,
+                        "unknown-source",
+                        "the source is no longer configured",
+                    )
+                )
                 continue
             job = Job(
                 source=entry.source,

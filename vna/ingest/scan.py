@@ -34,7 +34,9 @@ def ignored(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def scan(source: str, root: Path, patterns: Sequence[str], start: Path | None = None) -> Iterator[Candidate]:
+def scan(
+    source: str, root: Path, patterns: Sequence[str], start: Path | None = None
+) -> Iterator[Candidate]:
     """Every file below `start` (default: the whole drop folder), skipping ignored names."""
     stack = [start or root]
     while stack:

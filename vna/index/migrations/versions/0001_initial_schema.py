@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -180,8 +179,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_instances_source", ["source"], unique=False)
 
 
-
-
 def downgrade() -> None:
 
     with op.batch_alter_table("instances", schema=None) as batch_op:
@@ -212,4 +209,3 @@ def downgrade() -> None:
 
     op.drop_table("duplicates")
     op.drop_table("changes")
-

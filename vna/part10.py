@@ -22,6 +22,8 @@ from typing import BinaryIO
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -86,6 +88,7 @@ class Header:
     size: int
     content_offset: int  # where the dataset proper (after the file meta group) begins
     whole: bool  # True when the dataset was read whole (deflated), with no raw tail
+    spans: dict[int, tuple[int, int]] | None = None  # file offsets of each top-level element
 
 
 def read_header(path: Path) -> Header:
@@ -121,7 +124,53 @@ def _read_header(path: Path, size: int) -> Header:
         else:
             _check_dataset_end(fh, ds, size)
         content_offset = _content_offset(fh, meta, little)
-    return Header(ds, syntax, implicit, little, tail_offset, size, content_offset, whole)
+    spans = None if whole else _element_spans(ds, content_offset, tail_offset, implicit)
+    return Header(ds, syntax, implicit, little, tail_offset, size, content_offset, whole, spans)
+
+
+def _element_spans(
+    ds: Dataset, start: int, end: int, implicit: bool
+) -> dict[int, tuple[int, int]] | None:
+    """Where each top-level element lies in the file, or None if that cannot be told for sure.
+
+    pydicom keeps the offset of each raw value; elements are contiguous, so an
+    element pydicom already converted (Specific Character Set) lies between its
+    neighbours. Any gap or overlap means the header is rewritten whole instead.
+    """
+    tags = list(ds.keys())
+    if not tags:
+        return None
+    starts: list[int | None] = []
+    ends: list[int | None] = []
+    for tag in tags:
+        elem = ds.get_item(tag)
+        tell = getattr(elem, "value_tell", None)
+        length = getattr(elem, "length", None)
+        if tell is None or length is None:
+            starts.append(None)
+            ends.append(None)
+            continue
+        vr = getattr(elem, "VR", None)
+        header = 8 if implicit or (vr or "").encode() not in _LONG_LENGTH_VRS else 12
+        starts.append(tell - header)
+        ends.append(None if length == 0xFFFFFFFF else tell + length)
+    if starts[0] is None:
+        starts[0] = start
+    for i in range(1, len(tags)):
+        if starts[i] is None:
+            starts[i] = ends[i - 1]
+    for i in range(len(tags)):
+        if ends[i] is None:
+            ends[i] = starts[i + 1] if i + 1 < len(tags) else end
+    if starts[0] != start or ends[-1] != end:
+        return None
+    spans: dict[int, tuple[int, int]] = {}
+    for i, tag in enumerate(tags):
+        s, e = starts[i], ends[i]
+        if s is None or e is None or e < s or (i + 1 < len(tags) and starts[i + 1] != e):
+            return None
+        spans[int(tag)] = (s, e)
+    return spans
 
 
 def _parse(fh: BinaryIO, size: int, stop_before_pixels: bool = True) -> Dataset:
@@ -288,14 +337,24 @@ def build_file_meta(ds: Dataset, syntax: UID, original: FileMetaDataset | None) 
     return meta
 
 
-def write_archived(header: Header, source: Path, dest: Path, durable: bool) -> tuple[str, int]:
-    """Write the normalized header plus the untouched tail to `dest`; return (digest, size)."""
+def write_archived(
+    header: Header, source: Path, dest: Path, durable: bool, touched: set[int] | None = None
+) -> tuple[str, int]:
+    """Write the normalized header plus the untouched tail to `dest`; return (digest, size).
+
+    With `touched` (the tags normalization changed) and known element spans,
+    every other header element is copied byte for byte from the source too;
+    otherwise pydicom writes the whole header.
+    """
     ds = header.dataset
     original_meta = getattr(ds, "file_meta", None)
     ds.file_meta = build_file_meta(ds, header.transfer_syntax, original_meta)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    head = buf.getvalue()
+    if touched is not None and header.spans is not None:
+        head = _spliced_header(header, source, touched)
+    else:
+        buf = io.BytesIO()
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        head = buf.getvalue()
     h = digest.new()
     h.update(head)
     written = len(head)
@@ -317,6 +376,33 @@ def write_archived(header: Header, source: Path, dest: Path, durable: bool) -> t
             out.flush()
             os.fsync(out.fileno())
     return h.hexdigest(), written
+
+
+def _spliced_header(header: Header, source: Path, touched: set[int]) -> bytes:
+    """Preamble, new file meta, then the dataset: touched elements re-encoded, the rest copied."""
+    ds = header.dataset
+    assert header.spans is not None
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    with source.open("rb") as fh:
+        fh.seek(header.content_offset)
+        region = fh.read(header.tail_offset - header.content_offset)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = header.little_endian, header.implicit_vr
+    encodings = ds._character_set
+    touched_groups = {t >> 16 for t in touched}
+    base = header.content_offset
+    for tag in sorted(set(header.spans) | set(map(int, ds.keys()))):
+        if tag & 0xFFFF == 0 and tag >> 16 in touched_groups:
+            continue  # a retired group length that no longer holds
+        if tag in touched or tag not in header.spans:
+            if tag in ds:
+                write_data_element(body, ds.get_item(tag), encodings)
+            continue
+        start, end = header.spans[tag]
+        body.write(region[start - base : end - base])
+    return b"\0" * 128 + b"DICM" + meta.getvalue() + body.getvalue()
 
 
 def content_digest(path: Path, offset: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -43,8 +43,11 @@ class Rules:
     remove: tuple[str, ...] = ()
 
 
-def apply(ds: Dataset, rules: Rules, received: dt.datetime, content_digest: str) -> list[str]:
-    """Apply `rules` to `ds` in place; return the keywords that changed."""
+def apply(ds: Dataset, rules: Rules, received: dt.datetime, content_digest: str) -> set[int]:
+    """Apply `rules` to `ds` in place; return the tags of every top-level element touched.
+
+    The writer copies every other element byte for byte from the input.
+    """
     originals: list[DataElement] = []
     changed: list[str] = []
 
@@ -80,10 +83,12 @@ def apply(ds: Dataset, rules: Rules, received: dt.datetime, content_digest: str)
                 del ds[keyword]
     except (ValueError, TypeError, OverflowError) as exc:
         raise CoercionFailed(f"coercion rule could not be applied: {exc}") from None
+    touched = {int(tag_for_keyword(k) or 0) for k in changed}
     if originals:
         _append_original_attributes(ds, originals, rules.source, received)
-    _stamp_provenance(ds, rules.source, received, content_digest)
-    return changed
+        touched.add(int(tag_for_keyword("OriginalAttributesSequence") or 0))
+    touched |= _stamp_provenance(ds, rules.source, received, content_digest)
+    return touched
 
 
 def _copy_element(elem: DataElement) -> DataElement:
@@ -109,7 +114,9 @@ def _append_original_attributes(
         seq.append(item)
 
 
-def _stamp_provenance(ds: Dataset, source: str, received: dt.datetime, content_digest: str) -> None:
+def _stamp_provenance(
+    ds: Dataset, source: str, received: dt.datetime, content_digest: str
+) -> set[int]:
     """Record which source sent the file, when, and the digest of what it sent.
 
     With these in the file itself, the index can be rebuilt from the layout (or
@@ -119,6 +126,9 @@ def _stamp_provenance(ds: Dataset, source: str, received: dt.datetime, content_d
     block.add_new(PROVENANCE_SOURCE, "LO", source[:64])
     block.add_new(PROVENANCE_RECEIVED, "DT", received.strftime("%Y%m%d%H%M%S.%f%z"))
     block.add_new(PROVENANCE_CONTENT_DIGEST, "LO", content_digest)
+    creator = (PROVENANCE_GROUP << 16) | (block.block_start >> 8)
+    offsets = (PROVENANCE_SOURCE, PROVENANCE_RECEIVED, PROVENANCE_CONTENT_DIGEST)
+    return {creator} | {int(block.get_tag(o)) for o in offsets}
 
 
 @dataclass(frozen=True)

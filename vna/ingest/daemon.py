@@ -78,6 +78,7 @@ class IngestDaemon:
         self.stop_event = threading.Event()
         self.on_outcome = on_outcome
         self._pool: ProcessPoolExecutor | None = None
+        self._submitted = 0
 
     # -- the loop ---------------------------------------------------------
 
@@ -118,7 +119,7 @@ class IngestDaemon:
                         self.stop_event.wait(backoff)
                         backoff = min(backoff * 2, 60.0)
                     results = []
-                if not self.in_flight and not results:
+                if not self.in_flight and not results and not self._submitted:
                     if once and not self.pending:
                         self._rescan()
                         if not self.pending:
@@ -228,6 +229,7 @@ class IngestDaemon:
         return chosen
 
     def _submit(self) -> None:
+        self._submitted = 0
         workers = max(1, self.settings.ingest.workers)
         room = workers * 3 - len(self.in_flight)
         if room <= 0:
@@ -237,6 +239,7 @@ class IngestDaemon:
         for i in range(0, len(ready), CHUNK):
             jobs = [self._job(c, staging) for c in ready[i : i + CHUNK]]
             self.busy.update(j.path for j in jobs)
+            self._submitted += len(jobs)
             if self._pool is None:
                 fut: Future[list[Result]] = Future()
                 fut.set_result(prepare_many(jobs))

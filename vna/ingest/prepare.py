@@ -104,10 +104,10 @@ def prepare(job: Job) -> Result:
         ds = header.dataset
         sop_uid = _validate_uids(ds)
         content = part10.content_digest(path, header.content_offset)
-        apply(ds, job.rules, job.received, content)
+        touched = apply(ds, job.rules, job.received, content)
         attributes = extract(ds)
         relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, sop_uid)
-        file_digest, size = part10.write_archived(header, path, staged, job.durable)
+        file_digest, size = part10.write_archived(header, path, staged, job.durable, touched)
     except FileNotFoundError:
         staged.unlink(missing_ok=True)
         return Skipped(job, "vanished while it was read", vanished=True)

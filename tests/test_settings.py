@@ -93,3 +93,13 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"nope\.toml: configuration file not found"):
         settings.load(tmp_path / "nope.toml")
+
+
+def test_schema_head_constant_matches_the_migrations() -> None:
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    from vna.index.engine import SCHEMA_HEAD, alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config(create_engine("sqlite://")))
+    assert script.get_current_head() == SCHEMA_HEAD

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from alembic import command
-
 from vna.index.engine import alembic_config, create, upgrade
 from vna.settings import Settings
 
@@ -18,6 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic import command
+
     engine = create(settings.index.url)
     if args.action == "upgrade":
         upgrade(engine)

@@ -10,15 +10,20 @@ from __future__ import annotations
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from vna.errors import SettingsError, TargetUnavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest migration; a test checks it against Alembic's own view. Knowing it
+# lets a process that finds the schema current skip importing Alembic at all.
+SCHEMA_HEAD = "0001"
 
 logger = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -64,6 +69,8 @@ def _sqlite_begin_immediate(conn: Any) -> None:
 
 def alembic_config(engine: Engine) -> Config:
     """Alembic configured in code: the migrations ship inside the package."""
+    from alembic.config import Config
+
     cfg = Config()
     location = resources.files("vna.index") / "migrations"
     cfg.set_main_option("script_location", str(location))
@@ -71,8 +78,23 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None for an empty database)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (idempotent)."""
+    try:
+        if current_revision(engine) == SCHEMA_HEAD:
+            return
+    except OperationalError as exc:
+        raise TargetUnavailable(f"index database unreachable: {exc.orig}") from None
+    from alembic import command
+
     cfg = alembic_config(engine)
     try:
         if engine.dialect.name == "postgresql":

@@ -101,6 +101,7 @@ class Committer:
         self.quarantine.clean_incoming()
         own = self.layout.staging_dir()
         journal.replay(own, self.engine, self.layout, self.quarantine)
+        journal.prepare_file(own, self.settings.archive.fsync)
         for stale in self.layout.claim_stale_staging():
             journal.replay(stale, self.engine, self.layout, self.quarantine)
             self.layout.release_staging(stale)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -185,14 +186,19 @@ def _reject(job: Job, path: Path, reason: Reason, detail: str, sop_uid: str | No
     return Rejected(job, reason, detail, file_digest, size, sop_uid)
 
 
+_EXTRACTED = tuple((attr, int(tag_for_keyword(attr.keyword) or 0)) for attr in ATTRIBUTES)
+
+
 def extract(ds: Dataset) -> dict[str, Any]:
     """The index columns of `vna.attributes` from a dataset, cut to their stored length."""
     out: dict[str, Any] = {}
-    for attr in ATTRIBUTES:
-        try:
-            value = ds.get(attr.keyword)
-        except Exception:  # a malformed value is left out of the index, not fatal
-            value = None
+    for attr, tag in _EXTRACTED:
+        value = None
+        if tag in ds:
+            try:
+                value = ds[tag].value
+            except Exception:  # a malformed value is left out of the index, not fatal
+                value = None
         if value is None or value == "":
             out[attr.column] = None
             continue

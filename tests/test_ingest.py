@@ -339,3 +339,45 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, index_url: str) -
     assert sorted(o.outcome for o in outcomes).count("archived") == 24
     assert [o.reason for o in outcomes if o.outcome == "quarantined"] == ["not-dicom"]
     assert layout_problems(archive) == []
+
+
+def test_index_failure_mid_batch_leaves_layout_clean_and_inputs_in_place(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from vna.index.writer import IndexWriter
+    from vna.ingest.daemon import IngestDaemon
+
+    generate(archive.drop(), SMALL)
+    real_add = IndexWriter.add
+    failing = threading.Event()
+    failing.set()
+    attempts = []
+
+    def add(self, conn, records, replacing):  # type: ignore[no-untyped-def]
+        attempts.append(len(records))
+        if failing.is_set():
+            raise OperationalError("INSERT", {}, Exception("database is gone"))
+        return real_add(self, conn, records, replacing)
+
+    monkeypatch.setattr(IndexWriter, "add", add)
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    thread = threading.Thread(target=daemon.run, kwargs={"once": True})
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not attempts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    # The index refused the batch: nothing may stay in the layout, every input stays.
+    placed = list((archive.settings.archive.root / "studies").rglob("*.dcm"))
+    left = [p for p in archive.drop().rglob("*") if p.is_file()]
+    failing.clear()
+    thread.join(timeout=60)
+
+    assert attempts and placed == [] and len(left) == 6
+    assert count(archive, schema.instances) == 6
+    assert not [p for p in archive.drop().rglob("*") if p.is_file()]
+    assert layout_problems(archive) == []

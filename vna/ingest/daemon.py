@@ -26,7 +26,7 @@ from vna import digest
 from vna.errors import TargetUnavailable
 from vna.ingest.coerce import Rules
 from vna.ingest.commit import Committer, Outcome, received_now
-from vna.ingest.prepare import Job, Rejected, Result, Skipped, init_worker, prepare
+from vna.ingest.prepare import Job, Prepared, Rejected, Result, Skipped, init_worker, prepare
 from vna.ingest.scan import Candidate, ignored, is_settled, scan
 from vna.ingest.watch import Watchers
 from vna.layout import Layout
@@ -112,10 +112,15 @@ class IngestDaemon:
                     try:
                         self._commit(results)
                         backoff = 1.0
-                    except TargetUnavailable as exc:
-                        logger.error("index unavailable, retrying in %.0fs: %s", backoff, exc)
+                    except Exception as exc:  # the daemon outlives any one batch
+                        if isinstance(exc, TargetUnavailable):
+                            logger.error("index unavailable, retrying in %.0fs: %s", backoff, exc)
+                        else:
+                            logger.exception("batch failed, retrying in %.0fs", backoff)
                         for r in results:
                             self._defer(r.job.path)
+                            if isinstance(r, Prepared):
+                                Path(r.staged).unlink(missing_ok=True)
                         self.stop_event.wait(backoff)
                         backoff = min(backoff * 2, 60.0)
                     results = []

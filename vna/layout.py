@@ -25,6 +25,7 @@ UID_MAX_LENGTH = 64
 STUDIES = "studies"
 STAGING = ".staging"
 LOCK = "lock"
+JOURNAL = "journal"  # the ingest's intent journal (vna.ingest.journal) in a staging folder
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -166,6 +167,29 @@ class Layout:
             self._claimed[d] = fd
             claimed.append(d)
         return claimed
+
+    def stale_staging_dirs(self) -> list[Path]:
+        """Staging folders whose owner is gone, without claiming them (for `vna verify`)."""
+        base = self.root / STAGING
+        stale: list[Path] = []
+        if not base.is_dir():
+            return stale
+        for d in sorted(base.iterdir()):
+            if not d.is_dir() or (self._staging and d == self._staging[0]):
+                continue
+            try:
+                fd = os.open(d / LOCK, os.O_RDONLY)
+            except FileNotFoundError:
+                stale.append(d)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                stale.append(d)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+        return stale
 
     def release_staging(self, d: Path) -> None:
         """Delete a claimed stale staging folder and everything in it."""

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from vna import digest
 from vna.index import schema
-from vna.layout import LOCK, STAGING, Layout, parse_relpath
+from vna.layout import JOURNAL, LOCK, STAGING, Layout, parse_relpath
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,11 @@ def verify(
 
 
 def _staging_leftovers(layout: Layout) -> Iterator[Problem]:
-    base = layout.root / STAGING
-    if not base.is_dir():
-        return
-    for d in sorted(base.iterdir()):
-        for f in sorted(d.iterdir()) if d.is_dir() else []:
-            if f.name != LOCK:
-                yield Problem(
-                    "stale-staging", f"{STAGING}/{d.name}/{f.name}", "left by an interrupted ingest"
-                )
+    """Files in staging folders of ingest processes that are gone (the next start cleans them)."""
+    for d in layout.stale_staging_dirs():
+        for f in sorted(d.iterdir()):
+            if f.name == LOCK or (f.name == JOURNAL and f.stat().st_size == 0):
+                continue
+            yield Problem(
+                "stale-staging", f"{STAGING}/{d.name}/{f.name}", "left by an interrupted ingest"
+            )

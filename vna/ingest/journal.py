@@ -19,12 +19,11 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from vna.index import schema
-from vna.layout import Layout, fsync_dir
+from vna.layout import JOURNAL, Layout, fsync_dir
 from vna.quarantine import QuarantineStore
 
 logger = logging.getLogger(__name__)
 
-JOURNAL = "journal"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from vna.quarantine import QuarantineStore
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Intent:
     path: str  # layout-relative

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dcmtk orthanc orthanc-dicomweb iproute2 postgresql)
+DEBIAN_PACKAGES=(dcmtk orthanc orthanc-dicomweb iproute2 postgresql rclone)
+# Node.js and npm (for Azurite) from Debian only where the machine has none of its own.
+command -v npm >/dev/null || DEBIAN_PACKAGES+=(nodejs npm)
 
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     missing=()
@@ -18,6 +20,11 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         apt-get update -q >/dev/null
         apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
     fi
+fi
+
+if [[ ! -x tools/node_modules/.bin/azurite-blob ]]; then
+    echo "setup: installing test servers from npm (tools/package.json: azurite)"
+    (cd tools && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -22,6 +22,9 @@ from vna.index.engine import open_index
 from vna.ingest.commit import Outcome
 from vna.ingest.daemon import IngestDaemon
 from vna.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.servers import Azurite, MotoS3
 
 PG_URL = os.environ.get("VNA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -69,7 +72,12 @@ DEFAULT_SOURCES = [
 
 
 def make_archive(
-    base: Path, url: str, sources: list[dict[str, Any]] | None = None, **ingest: Any
+    base: Path,
+    url: str,
+    sources: list[dict[str, Any]] | None = None,
+    targets: list[dict[str, Any]] | None = None,
+    replicator: dict[str, Any] | None = None,
+    **ingest: Any,
 ) -> Archive:
     """An archive below `base` on index `url`; call again to change its settings."""
     data: dict[str, Any] = {
@@ -77,6 +85,8 @@ def make_archive(
         "index": {"url": url},
         "ingest": {"settle_seconds": 0, "workers": 0, "batch_size": 16, **ingest},
         "sources": sources if sources is not None else DEFAULT_SOURCES,
+        "targets": targets or [],
+        "replicator": {"poll_seconds": 0.1, "backoff_max_seconds": 2.0, **(replicator or {})},
     }
     settings = settings_mod.from_dict(data, base)
     for src in settings.sources:
@@ -89,3 +99,45 @@ def archive(tmp_path: Path, index_url: str) -> Iterator[Archive]:
     a = make_archive(tmp_path, index_url)
     yield a
     a.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite on a free loopback port, for the whole test session (per xdist worker)."""
+    from tests.servers import Azurite
+
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server on a free loopback port, for the whole test session."""
+    from tests.servers import MotoS3
+
+    server = MotoS3(tmp_path_factory.mktemp("moto"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["file", "azure", "s3"])
+def target_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """A fresh, empty replication target of each kind, as a [[targets]] entry."""
+    if request.param == "file":
+        return {"name": "nfs", "url": f"file://{tmp_path}/replica"}
+    if request.param == "azure":
+        server = request.getfixturevalue("azurite")
+        return {
+            "name": "azure",
+            "url": f"az://{server.new_container()}/site-1",
+            "storage_options": server.storage_options(),
+        }
+    server = request.getfixturevalue("moto_s3")
+    return {
+        "name": "s3",
+        "url": f"s3://{server.new_bucket()}/site-1",
+        "storage_options": server.storage_options(),
+    }

@@ -24,6 +24,8 @@ from vna.layout import is_valid_source_name
 WatchMode = Literal["events", "poll"]
 DuplicatePolicy = Literal["quarantine", "replace"]
 AfterIngest = Literal["delete", "move"]
+VerifyMode = Literal["read-back", "metadata"]
+TARGET_SCHEMES = ("file", "az", "abfs", "oci", "s3")
 
 
 def _key(default: Any, help: str, **kw: Any) -> Any:
@@ -99,11 +101,52 @@ class SourceSettings:
 
 
 @dataclass(frozen=True)
+class ReplicatorSettings:
+    poll_seconds: float = _key(
+        1.0, "How often the change feed is read while there is nothing to do."
+    )
+    lease_seconds: float = _key(
+        300.0, "A copy claimed by a worker that died is taken over after this long."
+    )
+    batch_size: int = _key(64, "Copies claimed from the index at a time, per target.")
+    backoff_max_seconds: float = _key(300.0, "Longest wait between retries of a failing copy.")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    name: str = _key("", "Short name of the target, used in status and the index.", required=True)
+    url: str = _key(
+        "",
+        "Where the replica lives: file:///mnt/nfs/vna, az://container/prefix, "
+        "oci://bucket@namespace/prefix, s3://bucket/prefix.",
+        required=True,
+    )
+    storage_options: dict[str, Any] = _key(
+        {}, "Passed to the fsspec filesystem (credentials, endpoint_url, connection_string...)."
+    )
+    concurrency: int = _key(8, "Copies in flight at once to this target.")
+    bandwidth: str = _key("", "Upload cap, e.g. '50MB/s' or '200Mbit/s'; empty for none.")
+    window: str = _key(
+        "", "Cron expression of when copying may run, e.g. '* 20-6 * * *'; empty for always."
+    )
+    verify: VerifyMode = _key(
+        "read-back", "read-back (hash what the target returns) or metadata (size and digest)."
+    )
+    delete: bool = _key(False, "Propagate deletions and remove extra objects on reconciliation.")
+    max_delete_share: float = _key(
+        0.01,
+        "With delete = true: a run that would delete more than this share of the target stops.",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     archive: ArchiveSettings = _key(ArchiveSettings(), "The on-disk archive.")
     index: IndexSettings = _key(IndexSettings(), "The metadata index.")
     ingest: IngestSettings = _key(IngestSettings(), "The ingest daemon.")
     sources: list[SourceSettings] = _key([], "One entry per PACS drop share.")
+    replicator: ReplicatorSettings = _key(ReplicatorSettings(), "The replicator.")
+    targets: list[TargetSettings] = _key([], "One entry per replication target.")
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def source(self, name: str) -> SourceSettings:
@@ -112,6 +155,13 @@ class Settings:
             if src.name == name:
                 return src
         raise SettingsError(f"sources: no source named {name!r} is configured")
+
+    def target(self, name: str) -> TargetSettings:
+        """The target called `name`; SettingsError if none is configured."""
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise SettingsError(f"targets: no target named {name!r} is configured")
 
 
 def load(path: Path | str | None, environ: typing.Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +235,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, key)
+    if tp is Any:
+        return value
     if origin is Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
@@ -255,6 +307,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         names.add(src.name)
         _check_keywords(src.coerce, f"sources[{i}].coerce")
         sources.append(dataclasses.replace(src, drop=absolute(src.drop)))
+    _check_targets(settings.targets)
     url = settings.index.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///") :]
@@ -267,6 +320,42 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         sources=sources,
         index=IndexSettings(url=url),
     )
+
+
+def _check_targets(targets: list[TargetSettings]) -> None:
+    from vna.cron import CronWindow
+    from vna.rates import parse_rate
+
+    names: set[str] = set()
+    for i, t in enumerate(targets):
+        where = f"targets[{i}]"
+        if not is_valid_source_name(t.name):
+            raise SettingsError(
+                f"{where}.name: {t.name!r} must be 1-64 letters, digits, '-', '_' or '.'"
+            )
+        if t.name in names:
+            raise SettingsError(f"{where}.name: {t.name!r} is configured twice")
+        names.add(t.name)
+        scheme, sep, rest = t.url.partition("://")
+        if not sep or scheme not in TARGET_SCHEMES or not rest.strip("/"):
+            raise SettingsError(
+                f"{where}.url: {t.url!r} must start with one of "
+                + ", ".join(s + "://" for s in TARGET_SCHEMES)
+            )
+        if t.concurrency < 1:
+            raise SettingsError(f"{where}.concurrency: must be at least 1")
+        if t.bandwidth:
+            try:
+                parse_rate(t.bandwidth)
+            except ValueError as exc:
+                raise SettingsError(f"{where}.bandwidth: {exc}") from None
+        if t.window:
+            try:
+                CronWindow(t.window)
+            except ValueError as exc:
+                raise SettingsError(f"{where}.window: {exc}") from None
+        if not 0 <= t.max_delete_share <= 1:
+            raise SettingsError(f"{where}.max_delete_share: must be between 0 and 1")
 
 
 def _check_keywords(rules: CoercionSettings, where: str) -> None:

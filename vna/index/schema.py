@@ -153,3 +153,36 @@ duplicates = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Index("ix_duplicates_source", "source"),
 )
+
+# Replication (written by the replicator; vna reads them for status and reports).
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("target", String(64), nullable=False),
+    Column("sop_uid", String(64), nullable=False),
+    Column("path", String(300), nullable=False),
+    Column("digest", String(32), nullable=False),  # the digest the copy must have
+    Column("size", BigInteger, nullable=False),
+    # pending | copying | verified | failed | gone (the instance left the archive)
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_by", String(128), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("queued_at", DateTime(timezone=True), nullable=False),  # when the change arrived
+    Column("uploaded_at", DateTime(timezone=True), nullable=True),
+    Column("verified_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("target", "sop_uid", name="uq_replicas_target_sop"),
+    Index("ix_replicas_work", "target", "state", "next_attempt_at"),
+    Index("ix_replicas_verified", "target", "verified_at"),
+)
+
+replication_cursors = Table(
+    "replication_cursors",
+    metadata,
+    Column("target", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),  # last change-feed row turned into replica rows
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,135 @@
+"""Claiming copies from the index, and recording how they ended.
+
+Workers on several machines share one PostgreSQL index: a claim takes rows with
+`FOR UPDATE SKIP LOCKED` and leases them for `lease_seconds`, so two workers
+never take the same copy, and the copies of a worker that died are taken over
+once its lease ran out. On SQLite the claim runs in a write transaction (one
+writer at a time), which gives the same guarantee on one machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, or_, select, update
+
+from vna.index import schema
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One claimed copy: put this instance's file on this target."""
+
+    id: int
+    target: str
+    sop_uid: str
+    path: str
+    digest: str
+    size: int
+    attempts: int
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: float) -> list[Copy]:
+    """Lease up to `limit` copies that are due on `target`."""
+    r = schema.replicas
+    moment = now()
+    due = or_(
+        and_(r.c.state.in_(("pending", "failed")), r.c.next_attempt_at <= moment),
+        and_(r.c.state == "copying", r.c.claimed_until < moment),
+    )
+    with engine.connect() as conn:
+        conn.info["write"] = True
+        try:
+            with conn.begin():
+                rows = conn.execute(
+                    select(r.c.id, r.c.sop_uid, r.c.path, r.c.digest, r.c.size, r.c.attempts)
+                    .where(r.c.target == target, due)
+                    .order_by(r.c.next_attempt_at, r.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                if not rows:
+                    return []
+                conn.execute(
+                    update(r)
+                    .where(r.c.id.in_([row.id for row in rows]))
+                    .values(
+                        state="copying",
+                        claimed_by=worker,
+                        claimed_until=moment + dt.timedelta(seconds=lease_seconds),
+                    )
+                )
+        finally:
+            conn.info.pop("write", None)
+    return [
+        Copy(row.id, target, row.sop_uid, row.path, row.digest, row.size, row.attempts)
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Result:
+    copy: Copy
+    state: str  # verified | failed | skipped
+    uploaded: bool = False
+    error: str | None = None
+    retry_in: float = 0.0
+
+
+def record(engine: Engine, worker: str, results: list[Result]) -> None:
+    """Write how copies ended; a copy re-queued meanwhile (new digest) is left alone."""
+    if not results:
+        return
+    r = schema.replicas
+    moment = now()
+    with engine.connect() as conn:
+        conn.info["write"] = True
+        try:
+            with conn.begin():
+                for res in results:
+                    values: dict[str, object] = {
+                        "state": res.state,
+                        "claimed_by": None,
+                        "claimed_until": None,
+                        "attempts": res.copy.attempts + 1,
+                        "last_error": res.error,
+                    }
+                    if res.state == "verified":
+                        values["verified_at"] = moment
+                        values["attempts"] = 0
+                        if res.uploaded:
+                            values["uploaded_at"] = moment
+                    else:
+                        values["next_attempt_at"] = moment + dt.timedelta(seconds=res.retry_in)
+                    conn.execute(
+                        update(r)
+                        .where(
+                            r.c.id == res.copy.id,
+                            r.c.digest == res.copy.digest,
+                            r.c.claimed_by == worker,
+                        )
+                        .values(**values)
+                    )
+        finally:
+            conn.info.pop("write", None)
+
+
+def release(engine: Engine, worker: str) -> None:
+    """Give back every copy this worker still holds (a clean stop)."""
+    r = schema.replicas
+    with engine.connect() as conn:
+        conn.info["write"] = True
+        try:
+            with conn.begin():
+                conn.execute(
+                    update(r)
+                    .where(r.c.claimed_by == worker, r.c.state == "copying")
+                    .values(state="pending", claimed_by=None, claimed_until=None)
+                )
+        finally:
+            conn.info.pop("write", None)

@@ -1,0 +1,114 @@
+"""`vna replicate`: the replicator daemon, one pass, status and reconciliation.
+
+Registered with the `vna` command through the `vna.commands` entry point, so
+`vna` itself never imports the replicator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from replicator.daemon import Replicator
+from replicator.reconcile import reconcile, reset_skipped
+from replicator.status import collect
+from vna.index.engine import open_index
+from vna.settings import Settings
+from vna.status import human_bytes
+
+NAME = "replicate"
+HELP = "mirror the archive one-way to the configured targets"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", default="run", choices=["run", "status", "reconcile"])
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="bring every target up to date, then exit (1 if not all copied)",
+    )
+    parser.add_argument("--target", action="append", help="only this target (repeatable)")
+    parser.add_argument(
+        "--ignore-window", action="store_true", help="copy now, even outside a target's window"
+    )
+    parser.add_argument("--json", action="store_true", help="status: machine-readable output")
+    parser.add_argument(
+        "--deep", action="store_true", help="reconcile: read back and hash every object"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="reconcile: report only, mend nothing"
+    )
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.targets:
+        print("vna replicate: no [[targets]] configured", file=sys.stderr)
+        return 2
+    for name in args.target or []:
+        settings.target(name)
+    engine = open_index(settings.index.url)
+    if args.action == "status":
+        return _status(settings, engine, args)
+    if args.action == "reconcile":
+        return _reconcile(settings, engine, args)
+    replicator = Replicator(settings, engine, args.target)
+    signal.signal(signal.SIGTERM, lambda *_: replicator.stop())
+    signal.signal(signal.SIGINT, lambda *_: replicator.stop())
+    complete = replicator.run(once=args.once, ignore_window=args.ignore_window)
+    if args.once:
+        for name, lane in replicator.lanes.items():
+            print(
+                f"target {name}: {lane.copied} verified ({lane.uploaded} uploaded), "
+                f"{lane.failed} failed attempts"
+            )
+        if not complete:
+            print("vna replicate: not every instance is verified; see `vna replicate status`")
+            return 1
+    return 0
+
+
+def _status(settings: Settings, engine: object, args: argparse.Namespace) -> int:
+    report = collect(settings, engine)  # type: ignore[arg-type]
+    if args.target:
+        report = {k: v for k, v in report.items() if k in args.target}
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    for name, t in report.items():
+        window = "open" if t["window_open"] else "closed"
+        print(f"{name}  {t['url']}  (window {t['window']}: {window})")
+        verified, backlog = human_bytes(t["verified_bytes"]), human_bytes(t["backlog_bytes"])
+        rate = human_bytes(t["throughput_bytes_per_s"])
+        print(
+            f"  verified {t['verified']} ({verified}), backlog {t['backlog']} ({backlog}), "
+            f"lag {t['lag_seconds']:.0f} s, "
+            f"throughput {t['throughput_files_per_s']} files/s ({rate}/s)"
+        )
+        for e in t["recent_errors"]:
+            print(f"  {e['state']} after {e['attempts']} attempt(s): {e['path']}: {e['error']}")
+    return 0
+
+
+def _reconcile(settings: Settings, engine: object, args: argparse.Namespace) -> int:
+    dirty = False
+    for t in settings.targets:
+        if args.target and t.name not in args.target:
+            continue
+        drift = reconcile(engine, t, deep=args.deep, dry_run=args.dry_run)  # type: ignore[arg-type]
+        if not args.dry_run:
+            reset_skipped(engine, t.name)  # type: ignore[arg-type]
+        print(
+            f"target {t.name}: {drift.checked} objects checked; missing {len(drift.missing)}, "
+            f"extra {len(drift.extra)}, wrong size {len(drift.wrong_size)}, "
+            f"wrong digest {len(drift.wrong_digest)}; "
+            f"{drift.requeued} queued for copying, {drift.deleted} deleted"
+        )
+        for kind in ("missing", "extra", "wrong_size", "wrong_digest"):
+            for path in getattr(drift, kind)[:20]:
+                print(f"  {kind.replace('_', ' ')}: {path}")
+        if drift.delete_refused:
+            print(f"  delete refused: {drift.delete_refused}")
+        dirty |= not drift.clean
+    return 1 if dirty else 0

@@ -1,0 +1,82 @@
+"""Making one copy: check tier 0, skip what the target already holds, upload, verify.
+
+Nothing counts as replicated before it was verified (DESIGN.md, invariant 4):
+by reading the object back and hashing it (`verify = "read-back"`), or from the
+size and the digest kept in the object's metadata (`verify = "metadata"`,
+where the backend keeps metadata; else read-back). Tier 0 is only ever read.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from replicator.claims import Copy, Result
+from replicator.faults import Kind, TargetError, VerificationFailed, backoff, classify
+from replicator.target import SINGLE_PUT_MAX, Target
+from replicator.throttle import Throttle, ThrottledReader
+from vna import digest
+from vna.layout import Layout
+
+
+def copy_one(
+    target: Target, layout: Layout, job: Copy, throttle: Throttle, verify: str, backoff_cap: float
+) -> Result:
+    """Make (or confirm) one copy; every failure comes back classified, never raised."""
+    try:
+        uploaded = _copy(target, layout, job, throttle, verify)
+        return Result(job, "verified", uploaded=uploaded)
+    except Exception as exc:
+        kind = classify(exc)
+        message = str(exc) or type(exc).__name__
+        if kind is Kind.SKIP:
+            return Result(job, "skipped", error=message, retry_in=backoff_cap)
+        wait = backoff(job.attempts, backoff_cap) if kind is Kind.RETRY else backoff_cap
+        return Result(job, "failed", error=f"{kind.value}: {message}", retry_in=wait)
+
+
+def _copy(target: Target, layout: Layout, job: Copy, throttle: Throttle, verify: str) -> bool:
+    local = layout.path(job.path)
+    existing = target.stat(job.path)
+    if existing is not None and existing.size == job.size and existing.digest in (job.digest, None):
+        try:
+            _verify(target, job, verify)
+            return False  # already there and proven: nothing uploaded
+        except VerificationFailed:
+            pass
+    _upload(target, local, job, throttle)
+    _verify(target, job, verify)
+    return True
+
+
+def _upload(target: Target, local: Path, job: Copy, throttle: Throttle) -> None:
+    """Upload tier 0's bytes, after checking they are the bytes the index vouches for."""
+    try:
+        fh = local.open("rb")
+    except FileNotFoundError:
+        raise TargetError(f"tier 0 copy of {job.path} is missing", Kind.SKIP) from None
+    with fh:
+        if job.size <= SINGLE_PUT_MAX:
+            data = fh.read()
+            if len(data) != job.size or digest.of_bytes(data) != job.digest:
+                raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
+            target.put(
+                job.path, local, job.digest, job.size, ThrottledReader(io.BytesIO(data), throttle)
+            )
+            return
+        if digest.of_stream(fh) != job.digest:
+            raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
+        fh.seek(0)
+        target.put(job.path, local, job.digest, job.size, ThrottledReader(fh, throttle))
+
+
+def _verify(target: Target, job: Copy, verify: str) -> None:
+    if verify == "metadata" and target.capabilities.metadata:
+        info = target.stat(job.path)
+        if info is None or info.size != job.size or info.digest != job.digest:
+            raise VerificationFailed(f"{job.path}: size or digest on the target differ")
+        return
+    with target.open(job.path) as fh:
+        got = digest.of_stream(fh)
+    if got != job.digest:
+        raise VerificationFailed(f"{job.path}: read back {got}, expected {job.digest}")

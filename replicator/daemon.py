@@ -1,0 +1,212 @@
+"""The replicator: every configured target brought up to date, continuously.
+
+Per target: feed the change feed into replica rows, claim due copies, run them
+on a thread pool of `concurrency` threads (uploads wait on the network, not
+the CPU), record how each ended. A target that is down or throttling is backed
+off from per copy, with jitter; its backlog stays in the index, so nothing is
+lost or counted twice, and a restart resumes where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, func, select
+
+from replicator.claims import Copy, Result, claim, record, release
+from replicator.copier import copy_one
+from replicator.faults import TargetError, backoff
+from replicator.feed import feed
+from replicator.registry import open_target
+from replicator.target import Target
+from replicator.throttle import Throttle
+from vna.cron import CronWindow
+from vna.index import schema
+from vna.layout import Layout
+from vna.rates import parse_rate
+from vna.settings import Settings, TargetSettings
+
+logger = logging.getLogger("vna.replicator")
+
+
+@dataclass
+class _Lane:
+    """One target's moving parts."""
+
+    settings: TargetSettings
+    throttle: Throttle
+    window: CronWindow | None
+    pool: ThreadPoolExecutor
+    target: Target | None = None
+    down_until: float = 0.0
+    down_attempts: int = 0
+    in_flight: dict[Future[Result], Copy] = field(default_factory=dict)
+    copied: int = 0
+    uploaded: int = 0
+    failed: int = 0
+
+
+class Replicator:
+    """`run()` until stopped, or `run(once=True)` until every target is up to date."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, targets: list[str] | None = None
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.layout = Layout(settings.archive.root, settings.archive.fsync)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.stop_event = threading.Event()
+        chosen = [t for t in settings.targets if not targets or t.name in targets]
+        self.lanes = {
+            t.name: _Lane(
+                settings=t,
+                throttle=Throttle(parse_rate(t.bandwidth) if t.bandwidth else None),
+                window=CronWindow(t.window) if t.window else None,
+                pool=ThreadPoolExecutor(
+                    max_workers=t.concurrency, thread_name_prefix=f"copy-{t.name}"
+                ),
+            )
+            for t in chosen
+        }
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self, once: bool = False, ignore_window: bool = False, max_attempts: int = 5) -> bool:
+        """Replicate; with `once`, return True if every target is fully verified."""
+        cfg = self.settings.replicator
+        try:
+            while not self.stop_event.is_set():
+                busy = False
+                for lane in self.lanes.values():
+                    busy |= self._step(lane, ignore_window)
+                if once and not busy and self._settled(max_attempts, ignore_window):
+                    break
+                if not busy:
+                    self.stop_event.wait(cfg.poll_seconds)
+        finally:
+            for lane in self.lanes.values():
+                lane.pool.shutdown(wait=True, cancel_futures=True)
+                self._collect(lane, block=False)
+            release(self.engine, self.worker)
+        return self._complete() if once else True
+
+    def _step(self, lane: _Lane, ignore_window: bool) -> bool:
+        """One round for one target; True if it did or has work in hand."""
+        name = lane.settings.name
+        fed = feed(self.engine, name)
+        self._collect(lane, block=False)
+        if lane.window and not ignore_window and not lane.window.is_open():
+            return bool(lane.in_flight)
+        target = self._target(lane)
+        if target is None:
+            return bool(fed)
+        room = lane.settings.concurrency * 2 - len(lane.in_flight)
+        if room > 0:
+            cfg = self.settings.replicator
+            for job in claim(
+                self.engine, name, self.worker, min(room, cfg.batch_size), cfg.lease_seconds
+            ):
+                fut = lane.pool.submit(
+                    copy_one,
+                    target,
+                    self.layout,
+                    job,
+                    lane.throttle,
+                    lane.settings.verify,
+                    cfg.backoff_max_seconds,
+                )
+                lane.in_flight[fut] = job
+        if lane.in_flight:
+            self._collect(lane, block=True)
+        return bool(fed or lane.in_flight)
+
+    def _target(self, lane: _Lane) -> Target | None:
+        if lane.target is not None:
+            return lane.target
+        if time.monotonic() < lane.down_until:
+            return None
+        try:
+            lane.target = open_target(lane.settings)
+            lane.down_attempts = 0
+        except TargetError as exc:
+            lane.down_attempts += 1
+            wait_for = backoff(lane.down_attempts, self.settings.replicator.backoff_max_seconds)
+            lane.down_until = time.monotonic() + wait_for
+            logger.error(
+                "target %s unavailable, next try in %.0fs: %s", lane.settings.name, wait_for, exc
+            )
+        return lane.target
+
+    def _collect(self, lane: _Lane, block: bool) -> None:
+        if not lane.in_flight:
+            return
+        done, _ = wait(
+            list(lane.in_flight), timeout=0.5 if block else 0, return_when=FIRST_COMPLETED
+        )
+        results = []
+        for fut in done:
+            lane.in_flight.pop(fut)
+            res = fut.result()
+            results.append(res)
+            if res.state == "verified":
+                lane.copied += 1
+                lane.uploaded += int(res.uploaded)
+                logger.info(
+                    "%-9s target=%s %s",
+                    "uploaded" if res.uploaded else "present",
+                    lane.settings.name,
+                    res.copy.path,
+                )
+            else:
+                lane.failed += 1
+                logger.warning(
+                    "%-9s target=%s %s: %s", res.state, lane.settings.name, res.copy.path, res.error
+                )
+        record(self.engine, self.worker, results)
+
+    def _settled(self, max_attempts: int, ignore_window: bool) -> bool:
+        """--once: nothing left that could still succeed on this run."""
+        r = schema.replicas
+        for name, lane in self.lanes.items():
+            if lane.in_flight:
+                return False
+            if lane.window and not ignore_window and not lane.window.is_open():
+                continue
+            if lane.target is None and lane.down_attempts and lane.down_attempts < max_attempts:
+                return False
+            with self.engine.connect() as conn:
+                open_rows = conn.execute(
+                    select(func.count()).where(
+                        r.c.target == name,
+                        r.c.state.in_(("pending", "copying", "failed")),
+                        r.c.attempts < max_attempts,
+                    )
+                ).scalar_one()
+            if open_rows and lane.target is not None:
+                return False
+        return True
+
+    def _complete(self) -> bool:
+        r = schema.replicas
+        with self.engine.connect() as conn:
+            for name in self.lanes:
+                left = conn.execute(
+                    select(func.count()).where(r.c.target == name, r.c.state != "verified")
+                ).scalar_one()
+                cursor = conn.execute(
+                    select(schema.replication_cursors.c.seq).where(
+                        schema.replication_cursors.c.target == name
+                    )
+                ).scalar_one_or_none()
+                head = conn.execute(select(func.max(schema.changes.c.seq))).scalar_one()
+                if left or (head or 0) > (cursor or 0):
+                    return False
+        return True

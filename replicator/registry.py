@@ -1,0 +1,21 @@
+"""Targets by URL scheme, each backend imported only when a target uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from replicator.target import Target
+from vna.settings import TargetSettings
+
+
+def open_target(settings: TargetSettings) -> Target:
+    """The target a configuration entry names (TargetError if it cannot be opened)."""
+    scheme = settings.url.partition("://")[0]
+    if scheme == "file":
+        from replicator.local_target import LocalTarget
+
+        return LocalTarget(settings.name, settings.url, Path(unquote(urlparse(settings.url).path)))
+    from replicator.fsspec_target import FsspecTarget
+
+    return FsspecTarget(settings.name, settings.url, settings.storage_options)

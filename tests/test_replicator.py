@@ -1,0 +1,228 @@
+"""The replicator against real targets: a folder, Azurite and moto's S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from replicator.daemon import Replicator
+from replicator.reconcile import reconcile
+from replicator.registry import open_target
+from replicator.status import collect
+from tests.conftest import Archive, make_archive
+from vna import digest
+from vna.index import schema
+from vna.sample import SampleSpec, generate
+
+SPEC = SampleSpec(instances=8, per_series=4, rows=32, columns=32)
+
+
+def archive_with(
+    tmp_path: Path, url: str, targets: list[dict[str, Any]], n: int = 8, **kw: Any
+) -> Archive:
+    archive = make_archive(tmp_path, url, targets=targets, **kw)
+    generate(archive.drop(), SampleSpec(instances=n, per_series=4, rows=32, columns=32))
+    archive.ingest()
+    return archive
+
+
+def replicate(archive: Archive, **kw: Any) -> tuple[bool, Replicator]:
+    r = Replicator(archive.settings, archive.engine)
+    return r.run(once=True, **kw), r
+
+
+def replica_states(archive: Archive, target: str) -> dict[str, int]:
+    r = schema.replicas
+    with archive.engine.connect() as conn:
+        return dict(
+            conn.execute(
+                select(r.c.state, func.count()).where(r.c.target == target).group_by(r.c.state)
+            ).all()
+        )
+
+
+def assert_target_matches_index(archive: Archive, name: str) -> None:
+    target = open_target(archive.settings.target(name))
+    with archive.engine.connect() as conn:
+        rows = conn.execute(select(schema.instances.c.path, schema.instances.c.digest)).all()
+    assert sorted(o.path for o in target.list()) == sorted(p for p, _ in rows)
+    for path, d in rows:
+        with target.open(path) as fh:
+            assert digest.of_stream(fh) == d
+
+
+def test_once_copies_and_verifies_every_instance(
+    tmp_path: Path, target_config: dict[str, Any]
+) -> None:
+    archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target_config])
+
+    complete, r = replicate(archive)
+
+    name = target_config["name"]
+    assert complete
+    assert r.lanes[name].uploaded == 8
+    assert replica_states(archive, name) == {"verified": 8}
+    assert_target_matches_index(archive, name)
+
+
+def test_no_change_pass_uploads_nothing_and_new_study_follows(
+    tmp_path: Path, index_url: str
+) -> None:
+    archive = archive_with(
+        tmp_path, index_url, [{"name": "nfs", "url": f"file://{tmp_path}/replica"}]
+    )
+    replicate(archive)
+
+    complete, idle = replicate(archive)
+    assert complete and idle.lanes["nfs"].uploaded == 0
+
+    generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16, seed=42))
+    archive.ingest()
+    complete, after = replicate(archive)
+    assert complete and after.lanes["nfs"].uploaded == 3
+    assert_target_matches_index(archive, "nfs")
+
+
+def test_object_already_on_target_is_verified_not_uploaded(tmp_path: Path, index_url: str) -> None:
+    archive = archive_with(
+        tmp_path, index_url, [{"name": "nfs", "url": f"file://{tmp_path}/replica"}]
+    )
+    replicate(archive)
+    with (
+        archive.engine.begin() as conn
+    ):  # the index forgot it was replicated (restored backup, say)
+        conn.execute(schema.replicas.delete())
+        conn.execute(schema.replication_cursors.delete())
+
+    complete, r = replicate(archive)
+
+    assert complete and r.lanes["nfs"].uploaded == 0 and r.lanes["nfs"].copied == 8
+
+
+def test_removed_or_corrupted_replica_is_mended_by_reconciliation(
+    tmp_path: Path, index_url: str
+) -> None:
+    archive = archive_with(
+        tmp_path, index_url, [{"name": "nfs", "url": f"file://{tmp_path}/replica"}]
+    )
+    replicate(archive)
+    replica = sorted((tmp_path / "replica" / "studies").rglob("*.dcm"))
+    replica[0].unlink()
+    data = bytearray(replica[1].read_bytes())
+    data[-10] ^= 0xFF  # same size, other bytes
+    replica[1].write_bytes(bytes(data))
+    extra = tmp_path / "replica" / "studies" / "9.9" / "series" / "9.9" / "instances" / "9.9.dcm"
+    extra.parent.mkdir(parents=True)
+    extra.write_bytes(b"not ours")
+
+    drift = reconcile(archive.engine, archive.settings.target("nfs"), deep=True)
+
+    rel = lambda p: str(p.relative_to(tmp_path / "replica"))  # noqa: E731
+    assert drift.missing == [rel(replica[0])]
+    assert drift.wrong_digest == [rel(replica[1])]
+    assert drift.extra == ["studies/9.9/series/9.9/instances/9.9.dcm"]
+    assert drift.requeued == 2 and drift.deleted == 0
+    assert extra.exists()  # never deleted without delete = true
+    complete, r = replicate(archive)
+    assert complete and r.lanes["nfs"].uploaded == 2
+    assert reconcile(archive.engine, archive.settings.target("nfs"), deep=True).extra == [
+        "studies/9.9/series/9.9/instances/9.9.dcm"
+    ]
+
+
+def test_delete_propagation_is_capped(tmp_path: Path, index_url: str) -> None:
+    target = {
+        "name": "nfs",
+        "url": f"file://{tmp_path}/replica",
+        "delete": True,
+        "max_delete_share": 0.2,
+    }
+    archive = archive_with(tmp_path, index_url, [target])
+    replicate(archive)
+    extras = []
+    for i in range(3):
+        p = tmp_path / "replica" / "studies" / f"9.{i}" / "series" / "9" / "instances" / "9.dcm"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        extras.append(p)
+
+    drift = reconcile(archive.engine, archive.settings.target("nfs"))
+    assert (
+        drift.deleted == 0 and drift.delete_refused and all(p.exists() for p in extras)
+    )  # 3/11 > 20%
+
+    extras[1].unlink()
+    extras[2].unlink()
+    drift = reconcile(archive.engine, archive.settings.target("nfs"))
+    assert drift.deleted == 1 and not extras[0].exists()  # 1/9 <= 20%
+
+
+def test_closed_window_copies_nothing(tmp_path: Path) -> None:
+    closed = (dt.datetime.now().hour + 12) % 24
+    target = {"name": "nfs", "url": f"file://{tmp_path}/replica", "window": f"* {closed} * * *"}
+    archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target])
+
+    complete, r = replicate(archive)
+
+    assert not complete and r.lanes["nfs"].uploaded == 0
+    assert collect(archive.settings, archive.engine)["nfs"]["window_open"] is False
+    complete, r = replicate(archive, ignore_window=True)
+    assert complete and r.lanes["nfs"].uploaded == 8
+
+
+def test_bandwidth_cap_slows_copies_down(tmp_path: Path) -> None:
+    target = {
+        "name": "nfs",
+        "url": f"file://{tmp_path}/replica",
+        "bandwidth": "20KB/s",
+        "concurrency": 4,
+    }
+    archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target], n=4)
+    total = sum(p.stat().st_size for p in (tmp_path / "archive" / "studies").rglob("*.dcm"))
+
+    started = time.monotonic()
+    complete, _ = replicate(archive)
+    elapsed = time.monotonic() - started
+
+    assert complete
+    assert elapsed >= (total - 20_000) / 20_000 * 0.9  # one second of burst allowed
+
+
+def test_status_shows_backlog_lag_and_progress(tmp_path: Path, index_url: str) -> None:
+    archive = archive_with(
+        tmp_path, index_url, [{"name": "nfs", "url": f"file://{tmp_path}/replica"}]
+    )
+    time.sleep(1.1)
+    before = collect(archive.settings, archive.engine)["nfs"]
+    assert before["backlog"] == 8 and before["backlog_bytes"] > 0 and before["lag_seconds"] >= 1
+    assert before["feed_behind"] == 8
+
+    replicate(archive)
+
+    after = collect(archive.settings, archive.engine)["nfs"]
+    assert after["backlog"] == 0 and after["lag_seconds"] == 0 and after["verified"] == 8
+    assert after["throughput_files_per_s"] > 0 and after["feed_behind"] == 0
+
+
+def test_two_replicators_share_the_work_without_copying_twice(
+    tmp_path: Path, index_url: str
+) -> None:
+    target = {"name": "nfs", "url": f"file://{tmp_path}/replica", "concurrency": 2}
+    archive = archive_with(tmp_path, index_url, [target], n=24, replicator={"batch_size": 3})
+    workers = [Replicator(archive.settings, archive.engine) for _ in range(2)]
+    for i, w in enumerate(workers):
+        w.worker += f"-{i}"
+    threads = [threading.Thread(target=w.run, kwargs={"once": True}) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    uploads = [w.lanes["nfs"].uploaded for w in workers]
+    assert sum(uploads) == 24
+    assert replica_states(archive, "nfs") == {"verified": 24}

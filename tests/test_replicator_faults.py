@@ -1,0 +1,154 @@
+"""Faults: a target that goes away, a throttling target, a replicator killed mid-run.
+
+Each ends with every instance verified on the target and nothing uploaded
+twice beyond the copies a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from replicator.daemon import Replicator
+from tests.conftest import make_archive
+from tests.servers import Azurite, FlakyProxy, MotoS3
+from tests.test_replicator import assert_target_matches_index, replica_states
+from vna.index import schema
+from vna.sample import SampleSpec, generate
+
+
+def verified(archive, name: str) -> int:  # type: ignore[no-untyped-def]
+    r = schema.replicas
+    with archive.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(r.c.target == name, r.c.state == "verified")
+            ).scalar_one()
+        )
+
+
+def test_target_outage_resumes_without_recopy(tmp_path: Path) -> None:
+    server = Azurite(tmp_path / "azurite-data")
+    server.workdir.mkdir()
+    server.start()
+    try:
+        container = server.new_container()
+        target = {
+            "name": "azure",
+            "url": f"az://{container}/site-1",
+            "storage_options": server.storage_options(),
+            "concurrency": 2,
+            "bandwidth": "400KB/s",
+        }
+        archive = make_archive(tmp_path, f"sqlite:///{tmp_path}/index.db", targets=[target])
+        generate(archive.drop(), SampleSpec(instances=40, per_series=20, rows=64, columns=64))
+        archive.ingest()
+        rep = Replicator(archive.settings, archive.engine)
+        thread = threading.Thread(target=rep.run)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while verified(archive, "azure") < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.stop()  # the cloud goes away mid-run
+        time.sleep(3)
+        stalled_at = verified(archive, "azure")
+        server.start()
+        while verified(archive, "azure") < 40 and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        rep.stop()
+        thread.join(timeout=60)
+
+        assert verified(archive, "azure") == 40
+        assert stalled_at < 40  # the outage really hit the run
+        assert rep.lanes["azure"].uploaded <= 40 + 2 * 2  # at most the interrupted copies again
+        assert_target_matches_index(archive, "azure")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_throttling_target_is_backed_off_from(tmp_path: Path, moto_s3: MotoS3, status: int) -> None:
+    bucket = moto_s3.new_bucket()
+    proxy = FlakyProxy(moto_s3.port, failures=40, status=status)
+    try:
+        options = moto_s3.storage_options(proxy.port)
+        options.update(config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}})
+        target = {
+            "name": "s3",
+            "url": f"s3://{bucket}/site-1",
+            "storage_options": options,
+            "concurrency": 2,
+        }
+        archive = make_archive(tmp_path, f"sqlite:///{tmp_path}/index.db", targets=[target])
+        generate(archive.drop(), SampleSpec(instances=6, per_series=6, rows=32, columns=32))
+        archive.ingest()
+
+        rep = Replicator(archive.settings, archive.engine)
+        complete = rep.run(once=True, max_attempts=20)
+
+        assert proxy.refused == 40 and complete
+        assert rep.lanes["s3"].failed > 0 and rep.lanes["s3"].uploaded == 6
+        assert replica_states(archive, "s3") == {"verified": 6}
+    finally:
+        proxy.close()
+
+
+@pytest.mark.soak
+def test_sigkilled_replicator_resumes_without_recopying(tmp_path: Path, index_url: str) -> None:
+    trials = int(os.environ.get("VNA_SOAK_TRIALS", "20")) // 4 + 1
+    rng = random.Random(int(os.environ.get("VNA_SOAK_SEED", str(int(time.time())))))
+    target = {
+        "name": "nfs",
+        "url": f"file://{tmp_path}/replica",
+        "concurrency": 2,
+        "bandwidth": "300KB/s",
+    }
+    archive = make_archive(tmp_path, index_url, targets=[target])
+    generate(archive.drop(), SampleSpec(instances=120, per_series=40, rows=64, columns=64))
+    archive.ingest()
+    cfg = tmp_path / "vna.toml"
+    cfg.write_text(
+        f"""
+[archive]
+root = "archive"
+quarantine = "quarantine"
+[index]
+url = "{index_url}"
+[replicator]
+poll_seconds = 0.1
+backoff_max_seconds = 2
+lease_seconds = 1
+[[targets]]
+name = "nfs"
+url = "file://{tmp_path}/replica"
+concurrency = 2
+bandwidth = "300KB/s"
+"""
+    )
+    command = [sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "replicate"]
+    uploads = 0
+    for _ in range(trials):
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        time.sleep(rng.uniform(0.8, 1.6))
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        uploads += err.count(" uploaded ")
+    time.sleep(1.1)  # the dead workers' leases run out
+    final = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=300)
+    uploads += final.stderr.count(" uploaded ")
+
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert replica_states(archive, "nfs") == {"verified": 120}
+    # Each kill may interrupt the copies in flight (2), whose upload is not logged:
+    assert uploads <= 120
+    assert not [p for p in (tmp_path / "replica").rglob(".*.part-*")]
+    assert_target_matches_index(archive, "nfs")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from replicator.target import Target
 from vna.settings import TargetSettings
@@ -15,7 +15,9 @@ def open_target(settings: TargetSettings) -> Target:
     if scheme == "file":
         from replicator.local_target import LocalTarget
 
-        return LocalTarget(settings.name, settings.url, Path(unquote(urlparse(settings.url).path)))
+        return LocalTarget(
+            settings.name, settings.url, Path(unquote(settings.url[len("file://") :]))
+        )
     from replicator.fsspec_target import FsspecTarget
 
     return FsspecTarget(settings.name, settings.url, settings.storage_options)

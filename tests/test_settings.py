@@ -103,3 +103,27 @@ def test_schema_head_constant_matches_the_migrations() -> None:
 
     script = ScriptDirectory.from_config(alembic_config(create_engine("sqlite://")))
     assert script.get_current_head() == SCHEMA_HEAD
+
+
+def test_relative_file_target_resolves_against_the_file(tmp_path: Path) -> None:
+    p = write(tmp_path, "[[targets]]\nname = 'nfs'\nurl = 'file://replica'\n")
+    assert settings.load(p).targets[0].url == f"file://{tmp_path}/replica"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("url = 'ftp://x/y'", "targets[0].url: 'ftp://x/y' must start with one of"),
+        ("url = 'az://c/p'\nbandwidth = 'fast'", "targets[0].bandwidth: 'fast' is not a rate"),
+        ("url = 'az://c/p'\nwindow = '* 25 * * *'", "targets[0].window:"),
+        ("url = 'az://c/p'\nverify = 'trust'", "targets[0].verify: 'trust' is not one of"),
+        (
+            "url = 'az://c/p'\nmax_delete_share = 2.0",
+            "targets[0].max_delete_share: must be between",
+        ),
+    ],
+)
+def test_bad_target_settings_are_named(tmp_path: Path, entry: str, message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        settings.load(write(tmp_path, f"[[targets]]\nname = 't'\n{entry}\n"))
+    assert message in str(err.value)

@@ -308,6 +308,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         _check_keywords(src.coerce, f"sources[{i}].coerce")
         sources.append(dataclasses.replace(src, drop=absolute(src.drop)))
     _check_targets(settings.targets)
+    targets = []
+    for t in settings.targets:
+        if t.url.startswith("file://") and not t.url.startswith("file:///"):
+            t = dataclasses.replace(t, url="file://" + str(absolute(Path(t.url[len("file://") :]))))
+        targets.append(t)
     url = settings.index.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///") :]
@@ -318,6 +323,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         archive=archive,
         ingest=ingest,
         sources=sources,
+        targets=targets,
         index=IndexSettings(url=url),
     )
 

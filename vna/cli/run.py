@@ -1,13 +1,18 @@
 """`vna run`: every part of the archive in one process, on the embedded default.
 
-Today that is the ingest daemon; the replicator, the DICOMweb gateway and the
-scheduler join it here as they are built.
+The ingest daemon runs in the main thread; the services other packages
+register under the `vna.services` entry point (the replicator, and the
+DICOMweb gateway and scheduler as they are built) run in threads beside it.
+`vna` finds them by name and never imports them itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import threading
+from importlib.metadata import entry_points
+from types import ModuleType
 
 from vna.cli.ingest import install_stop_handlers
 from vna.index.engine import open_index
@@ -15,7 +20,7 @@ from vna.ingest.daemon import IngestDaemon
 from vna.settings import Settings
 
 NAME = "run"
-HELP = "run the whole archive in one process (ingest; later replication and DICOMweb)"
+HELP = "run the whole archive in one process: ingest and every installed service"
 logger = logging.getLogger(__name__)
 
 
@@ -23,15 +28,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="drain the drop folders, then exit")
 
 
+def services() -> list[ModuleType]:
+    """Services registered under `vna.services` (each has NAME and serve())."""
+    found = []
+    for entry in sorted(entry_points(group="vna.services"), key=lambda e: e.name):
+        try:
+            found.append(entry.load())
+        except ImportError as exc:
+            logger.error("service %s is not available: %s", entry.name, exc)
+    return found
+
+
 def main(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_index(settings.index.url)
     daemon = IngestDaemon(settings, engine)
-    install_stop_handlers(daemon.stop)
+    stop = threading.Event()
+    threads = []
+    if not args.once:
+        for service in services():
+            thread = threading.Thread(
+                target=service.serve, args=(settings, engine, stop), name=service.NAME, daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+
+    def stop_all() -> None:
+        daemon.stop()
+        stop.set()
+
+    install_stop_handlers(stop_all)
     logger.info(
-        "archive at %s, index %s, watching %d source(s)",
+        "archive at %s, index %s, %d source(s), services: %s",
         settings.archive.root,
         engine.url.render_as_string(hide_password=True),
         len(settings.sources),
+        ", ".join(t.name for t in threads) or "none",
     )
-    daemon.run(once=args.once)
+    try:
+        daemon.run(once=args.once)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -15,7 +16,7 @@ from replicator.daemon import Replicator
 from replicator.reconcile import reconcile, reset_skipped
 from replicator.status import collect
 from vna.index.engine import open_index
-from vna.settings import Settings
+from vna.settings import Settings, load
 from vna.status import human_bytes
 
 NAME = "replicate"
@@ -53,7 +54,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         return _status(settings, engine, args)
     if args.action == "reconcile":
         return _reconcile(settings, engine, args)
-    replicator = Replicator(settings, engine, args.target)
+    config = args.config or os.environ.get("VNA_CONFIG")
+    reload = (lambda: load(config)) if config else None
+    replicator = Replicator(settings, engine, args.target, reload=reload)
     signal.signal(signal.SIGTERM, lambda *_: replicator.stop())
     signal.signal(signal.SIGINT, lambda *_: replicator.stop())
     complete = replicator.run(once=args.once, ignore_window=args.ignore_window)

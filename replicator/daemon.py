@@ -9,11 +9,13 @@ lost or counted twice, and a restart resumes where the last run stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -33,6 +35,7 @@ from vna.rates import parse_rate
 from vna.settings import Settings, TargetSettings
 
 logger = logging.getLogger("vna.replicator")
+RELOAD_SECONDS = 5.0
 
 
 @dataclass
@@ -56,9 +59,15 @@ class Replicator:
     """`run()` until stopped, or `run(once=True)` until every target is up to date."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, targets: list[str] | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        targets: list[str] | None = None,
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        self._reload = reload
+        self._reloaded_at = time.monotonic()
         self.engine = engine
         self.layout = Layout(settings.archive.root, settings.archive.fsync)
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
@@ -84,6 +93,7 @@ class Replicator:
         cfg = self.settings.replicator
         try:
             while not self.stop_event.is_set():
+                self._maybe_reload()
                 busy = False
                 for lane in self.lanes.values():
                     busy |= self._step(lane, ignore_window)
@@ -97,6 +107,34 @@ class Replicator:
                 self._collect(lane, block=False)
             release(self.engine, self.worker)
         return self._complete() if once else True
+
+    def _maybe_reload(self) -> None:
+        """Pick up edited windows, bandwidth caps and verification modes without a restart.
+
+        All replication state lives in the index, so nothing is lost by this;
+        targets added or removed take effect at the next start.
+        """
+        if self._reload is None or time.monotonic() - self._reloaded_at < RELOAD_SECONDS:
+            return
+        self._reloaded_at = time.monotonic()
+        try:
+            fresh = self._reload()
+        except Exception as exc:  # a broken edit must not stop replication
+            logger.error("settings not reloaded, keeping the current ones: %s", exc)
+            return
+        for t in fresh.targets:
+            lane = self.lanes.get(t.name)
+            if lane is None or lane.settings == t:
+                continue
+            lane.throttle.rate = parse_rate(t.bandwidth) if t.bandwidth else None
+            lane.window = CronWindow(t.window) if t.window else None
+            lane.settings = dataclasses.replace(t, concurrency=lane.settings.concurrency)
+            logger.info(
+                "target %s: settings reloaded (window %r, bandwidth %r)",
+                t.name,
+                t.window,
+                t.bandwidth,
+            )
 
     def _step(self, lane: _Lane, ignore_window: bool) -> bool:
         """One round for one target; True if it did or has work in hand."""

@@ -226,3 +226,23 @@ def test_two_replicators_share_the_work_without_copying_twice(
     uploads = [w.lanes["nfs"].uploaded for w in workers]
     assert sum(uploads) == 24
     assert replica_states(archive, "nfs") == {"verified": 24}
+
+
+def test_edited_window_takes_effect_without_restart(tmp_path: Path) -> None:
+    import replicator.daemon as daemon_mod
+    from vna import settings as settings_mod
+
+    closed = (dt.datetime.now().hour + 12) % 24
+    target = {"name": "nfs", "url": f"file://{tmp_path}/replica", "window": f"* {closed} * * *"}
+    archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target])
+    opened = settings_mod.from_dict(
+        {"index": {"url": f"sqlite:///{tmp_path}/index.db"}, "targets": [{**target, "window": ""}]},
+        tmp_path,
+    )
+    rep = Replicator(archive.settings, archive.engine, reload=lambda: opened)
+    daemon_mod.RELOAD_SECONDS = 0.0
+    try:
+        assert rep.run(once=True)
+    finally:
+        daemon_mod.RELOAD_SECONDS = 5.0
+    assert rep.lanes["nfs"].uploaded == 8

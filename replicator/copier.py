@@ -12,11 +12,11 @@ import io
 from pathlib import Path
 
 from replicator.claims import Copy, Result
-from replicator.faults import Kind, TargetError, VerificationFailed, backoff, classify
-from replicator.target import SINGLE_PUT_MAX, Target
 from replicator.throttle import Throttle, ThrottledReader
 from vna import digest
 from vna.layout import Layout
+from vna.targets.faults import Kind, TargetError, VerificationFailed, backoff, classify
+from vna.targets.target import SINGLE_PUT_MAX, Target
 
 
 def copy_one(

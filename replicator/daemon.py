@@ -23,16 +23,16 @@ from sqlalchemy import Engine, func, select
 
 from replicator.claims import Copy, Result, claim, record, release
 from replicator.copier import copy_one
-from replicator.faults import TargetError, backoff
 from replicator.feed import feed
-from replicator.registry import open_target
-from replicator.target import Target
 from replicator.throttle import Throttle
 from vna.cron import CronWindow
 from vna.index import schema
 from vna.layout import Layout
 from vna.rates import parse_rate
 from vna.settings import Settings, TargetSettings
+from vna.targets.faults import TargetError, backoff
+from vna.targets.registry import open_target
+from vna.targets.target import Target
 
 logger = logging.getLogger("vna.replicator")
 RELOAD_SECONDS = 5.0

@@ -20,12 +20,12 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from replicator.registry import open_target
-from replicator.target import ObjectInfo, Target
 from vna import digest
 from vna.index import schema
 from vna.layout import parse_relpath
 from vna.settings import TargetSettings
+from vna.targets.registry import open_target
+from vna.targets.target import ObjectInfo, Target
 
 logger = logging.getLogger("vna.replicator")
 

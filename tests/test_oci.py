@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from replicator.faults import Kind, TargetError
-from replicator.registry import open_target
 from vna import digest
 from vna.settings import TargetSettings
+from vna.targets.faults import Kind, TargetError
+from vna.targets.registry import open_target
 
 
 def test_oci_target_without_configuration_is_a_clear_fatal_error(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ from sqlalchemy import func, select
 
 from replicator.daemon import Replicator
 from replicator.reconcile import reconcile
-from replicator.registry import open_target
 from replicator.status import collect
 from tests.conftest import Archive, make_archive
 from vna import digest
 from vna.index import schema
 from vna.sample import SampleSpec, generate
+from vna.targets.registry import open_target
 
 SPEC = SampleSpec(instances=8, per_series=4, rows=32, columns=32)
 

@@ -10,14 +10,19 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 
+from tests.servers import free_port
 from vna.index import schema
 from vna.sample import SampleSpec, generate
 
 
 def test_run_ingests_and_replicates_until_stopped(tmp_path: Path) -> None:
     cfg = tmp_path / "vna.toml"
+    port = free_port()
     cfg.write_text(
-        """
+        f"""
+[gateway]
+port = {port}
+allow_anonymous = true
 [index]
 url = "sqlite:///index.db"
 [ingest]
@@ -54,8 +59,13 @@ url = "file://replica"
                 ).scalar_one()
         assert done == 5
         assert len(list((tmp_path / "replica" / "studies").rglob("*.dcm"))) == 5
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/dicomweb/studies") as resp:
+            assert len(json.loads(resp.read())) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "services: replicator" in err
+    assert "services: gateway, replicator" in err

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from replicator.faults import TargetError
-from replicator.registry import open_target
 from vna import digest
 from vna.settings import TargetSettings
+from vna.targets.faults import TargetError
+from vna.targets.registry import open_target
 
 REL = "studies/1.2/series/3.4/instances/5.6.dcm"
 
@@ -46,7 +46,7 @@ def test_put_stat_read_list_delete(target_config: dict[str, Any], tmp_path) -> N
 def test_failed_streamed_upload_leaves_no_object(
     target_config: dict[str, Any], tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    import replicator.fsspec_target as ft
+    import vna.targets.objectstore as ft
 
     monkeypatch.setattr(ft, "SINGLE_PUT_MAX", 1024)
     monkeypatch.setattr(ft, "CHUNK", 1024)
@@ -68,7 +68,7 @@ def test_failed_streamed_upload_leaves_no_object(
 
 
 def test_missing_object_reads_as_skip(target_config: dict[str, Any]) -> None:
-    from replicator.faults import Kind
+    from vna.targets.faults import Kind
 
     target = target_of(target_config)
     with pytest.raises(TargetError) as err:

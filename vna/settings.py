@@ -25,6 +25,7 @@ WatchMode = Literal["events", "poll"]
 DuplicatePolicy = Literal["quarantine", "replace"]
 AfterIngest = Literal["delete", "move"]
 VerifyMode = Literal["read-back", "metadata"]
+Role = Literal["read", "admin"]
 TARGET_SCHEMES = ("file", "az", "abfs", "oci", "s3")
 
 
@@ -140,6 +141,32 @@ class TargetSettings:
 
 
 @dataclass(frozen=True)
+class ApiKeySettings:
+    name: str = _key("", "Who holds the key (shown in the audit log).", required=True)
+    sha256: str = _key(
+        "", "SHA-256 (hex) of the key; the key itself is never stored.", required=True
+    )
+    role: Role = _key("read", "read (DICOMweb) or admin (also the status page).")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = _key("127.0.0.1", "Address the DICOMweb service listens on.")
+    port: int = _key(8042, "Port the DICOMweb service listens on.")
+    public_url: str = _key(
+        "", "Base URL clients see (behind a proxy), e.g. https://pacs.example.org/dicomweb."
+    )
+    allow_anonymous: bool = _key(False, "Allow reads without credentials.")
+    cors_origins: list[str] = _key([], "Viewer origins allowed to call the service from a browser.")
+    keys: list[ApiKeySettings] = _key([], "API keys (Authorization: Bearer <key> or ApiKey <key>).")
+    audit_log: Path | None = _key(None, "File for the audit trail of patient-data access.")
+    restore_local: bool = _key(
+        False, "When a read falls back to a replica, write the verified bytes back to tier 0."
+    )
+    max_limit: int = _key(1000, "Largest QIDO-RS `limit` accepted.")
+
+
+@dataclass(frozen=True)
 class Settings:
     archive: ArchiveSettings = _key(ArchiveSettings(), "The on-disk archive.")
     index: IndexSettings = _key(IndexSettings(), "The metadata index.")
@@ -147,6 +174,7 @@ class Settings:
     sources: list[SourceSettings] = _key([], "One entry per PACS drop share.")
     replicator: ReplicatorSettings = _key(ReplicatorSettings(), "The replicator.")
     targets: list[TargetSettings] = _key([], "One entry per replication target.")
+    gateway: GatewaySettings = _key(GatewaySettings(), "The DICOMweb service.")
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def source(self, name: str) -> SourceSettings:
@@ -308,6 +336,14 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         _check_keywords(src.coerce, f"sources[{i}].coerce")
         sources.append(dataclasses.replace(src, drop=absolute(src.drop)))
     _check_targets(settings.targets)
+    gateway = settings.gateway
+    if gateway.audit_log is not None:
+        gateway = dataclasses.replace(gateway, audit_log=absolute(gateway.audit_log))
+    for i, key in enumerate(gateway.keys):
+        if len(key.sha256) != 64 or any(c not in "0123456789abcdef" for c in key.sha256.lower()):
+            raise SettingsError(
+                f"gateway.keys[{i}].sha256: expected the key's sha256, 64 hex digits"
+            )
     targets = []
     for t in settings.targets:
         if t.url.startswith("file://") and not t.url.startswith("file:///"):
@@ -324,6 +360,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         ingest=ingest,
         sources=sources,
         targets=targets,
+        gateway=gateway,
         index=IndexSettings(url=url),
     )
 

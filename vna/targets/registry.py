@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
-from replicator.target import Target
 from vna.settings import TargetSettings
+from vna.targets.target import Target
 
 
 def open_target(settings: TargetSettings) -> Target:
     """The target a configuration entry names (TargetError if it cannot be opened)."""
     scheme = settings.url.partition("://")[0]
     if scheme == "file":
-        from replicator.local_target import LocalTarget
+        from vna.targets.local import LocalTarget
 
         return LocalTarget(
             settings.name, settings.url, Path(unquote(settings.url[len("file://") :]))
         )
-    from replicator.fsspec_target import FsspecTarget
+    from vna.targets.objectstore import FsspecTarget
 
     return FsspecTarget(settings.name, settings.url, settings.storage_options)

@@ -1,9 +1,9 @@
 """A replication target: one small interface, with declared capabilities.
 
 The rest of the replicator sees only this; fsspec (and its wide API) stays
-behind the one adapter in `replicator.fsspec_target`. Errors raised through
+behind the one adapter in `vna.targets.objectstore`. Errors raised through
 this interface are `TargetError`s already classified as retry, fatal or skip
-(`replicator.faults`), so callers never parse a backend's exceptions.
+(`vna.targets.faults`), so callers never parse a backend's exceptions.
 """
 
 from __future__ import annotations

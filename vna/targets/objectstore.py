@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from replicator.faults import Kind, TargetError, classify
-from replicator.target import SINGLE_PUT_MAX, Capabilities, ObjectInfo, Readable
 from vna.layout import STUDIES
+from vna.targets.faults import Kind, TargetError, classify
+from vna.targets.target import SINGLE_PUT_MAX, Capabilities, ObjectInfo, Readable
 
 CHUNK = 8 * 1024 * 1024
 META_KEY = "xxh3_128"

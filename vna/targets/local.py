@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from replicator.faults import Kind, TargetError, classify
-from replicator.target import Capabilities, ObjectInfo, Readable
 from vna.layout import STUDIES, fsync_dir, makedirs_durable
+from vna.targets.faults import Kind, TargetError, classify
+from vna.targets.target import Capabilities, ObjectInfo, Readable
 
 XATTR = "user.vna.xxh3_128"
 CHUNK = 1 << 20

@@ -1,0 +1,283 @@
+"""The DICOMweb gateway through an in-process ASGI client, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import Archive, make_archive
+from viewer_gateway.app import create_app
+from viewer_gateway.auth import hash_key
+from vna.sample import SampleSpec, datasets, generate
+
+SPEC = SampleSpec(instances=6, per_series=3, rows=32, columns=32)
+OCTETS = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+@pytest.fixture
+def loaded(tmp_path: Path, index_url: str) -> Archive:
+    archive = make_archive(tmp_path, index_url)
+    generate(archive.drop(), SPEC)
+    archive.ingest()
+    return archive
+
+
+def client(archive: Archive, **gateway: Any) -> TestClient:
+    import dataclasses
+
+    from vna.settings import ApiKeySettings, GatewaySettings
+
+    keys = [ApiKeySettings(**k) for k in gateway.pop("keys", [])]
+    gw = dataclasses.replace(GatewaySettings(allow_anonymous=True), keys=keys, **gateway)
+    settings = dataclasses.replace(archive.settings, gateway=gw)
+    return TestClient(create_app(settings, archive.engine))
+
+
+def parts(response: Any) -> list[tuple[str, bytes]]:
+    """Split a multipart/related body with the standard library's MIME parser."""
+    raw = (
+        b"Content-Type: "
+        + response.headers["content-type"].encode()
+        + b"\r\n\r\n"
+        + response.content
+    )
+    msg = email.message_from_bytes(raw, policy=email.policy.HTTP)
+    return [(p.get_content_type(), p.get_payload(decode=True)) for p in msg.iter_parts()]
+
+
+def uids() -> tuple[str, list[str], list[str]]:
+    items = [ds for _, ds in datasets(SPEC)]
+    return (
+        items[0].StudyInstanceUID,
+        sorted({d.SeriesInstanceUID for d in items}),
+        [d.SOPInstanceUID for d in items],
+    )
+
+
+def value(obj: dict[str, Any], tag: str) -> Any:
+    return obj[tag]["Value"][0] if "Value" in obj.get(tag, {}) else None
+
+
+def test_study_search_returns_default_attributes_and_counts(loaded: Archive) -> None:
+    c = client(loaded)
+    (study,) = c.get("/dicomweb/studies").json()
+    assert value(study, "0020000D") == uids()[0]
+    assert value(study, "00201206") == 2  # NumberOfStudyRelatedSeries
+    assert value(study, "00201208") == 6  # NumberOfStudyRelatedInstances
+    assert study["00080061"]["Value"] == ["CT"]  # ModalitiesInStudy
+    assert study["00100010"]["Value"] == [{"Alphabetic": "Müller^Hans"}]
+    assert value(study, "00081190").endswith(f"/dicomweb/studies/{uids()[0]}")
+
+
+@pytest.mark.parametrize(
+    ("query", "hits"),
+    [
+        ("PatientName=Müller*", 1),
+        ("PatientName=m%C3%BCller*", 1),
+        ("PatientName=M%C3%BCLLER%5EHANS", 1),
+        ("PatientName=%2A", 1),
+        ("PatientName=*", 1),
+        ("PatientName=Smith*", 0),
+        ("PatientName=hans&fuzzymatching=true", 1),
+        ("00100020=P0100000", 1),
+        ("PatientID=P01*", 1),
+        ("PatientID=P0?00000", 1),
+        ("PatientID=p0100000", 0),
+        ("StudyDate=20260101-20260131", 1),
+        ("StudyDate=-20251231", 0),
+        ("StudyDate=20260105-", 1),
+        ("ModalitiesInStudy=CT", 1),
+        ("ModalitiesInStudy=MR", 0),
+        ("AccessionNumber=A010000000", 1),
+    ],
+)
+def test_study_matching(loaded: Archive, query: str, hits: int) -> None:
+    r = client(loaded).get(f"/dicomweb/studies?{query}")
+    assert r.status_code == 200, r.text
+    assert len(r.json()) == hits
+
+
+def test_ohif_study_list_and_series_requests(loaded: Archive) -> None:
+    c = client(loaded)
+    r = c.get(
+        "/dicomweb/studies?limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060%2C00080090%2C00100030"
+    )
+    (study,) = r.json()
+    assert value(study, "00081030") == "CT CHEST ABDOMEN PELVIS"
+    r = c.get(
+        f"/dicomweb/studies/{uids()[0]}/series?includefield=00080021%2C00080031%2C0008103E%2C00200011"
+    )
+    series = r.json()
+    assert [value(s, "00200011") for s in series] == [1, 2]
+    assert all(value(s, "00201209") == 3 for s in series)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("limit=0", "limit must be between"),
+        ("limit=99999999999", "limit must be between"),
+        ("offset=-1", "offset must be between"),
+        ("Nonsense=1", "unknown query parameter"),
+        ("PixelData=1", "matching on PixelData is not supported"),
+        ("StudyInstanceUID=../../etc", "not a valid UID"),
+        ("StudyDate=yesterday", "is not a date"),
+        ("fuzzymatching=maybe", "fuzzymatching must be"),
+        ("SOPInstanceUID=1.2", "cannot be matched in a study search"),
+    ],
+)
+def test_bad_search_parameters_are_400_with_a_message(
+    loaded: Archive, query: str, message: str
+) -> None:
+    r = client(loaded).get(f"/dicomweb/studies?{query}")
+    assert r.status_code == 400
+    assert message in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dicomweb/studies/..%2F..%2Fetc%2Fpasswd",
+        "/dicomweb/studies/1.2.3%2F..%2F..",
+        "/dicomweb/studies/abc/series",
+        "/dicomweb/studies/1.2/series/x/instances/1/frames/1",
+        "/dicomweb/studies/1.2/series/3.4/instances/5.6/frames/0",
+        "/dicomweb/nothing-here",
+    ],
+)
+def test_malformed_paths_are_4xx_never_a_file(loaded: Archive, path: str) -> None:
+    r = client(loaded).get(path)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert "message" in r.json()
+
+
+def test_retrieve_series_is_bit_exact_multipart(loaded: Archive) -> None:
+    study, series, _ = uids()
+    originals = {ds.SOPInstanceUID: ds for _, ds in datasets(SPEC)}
+    for accept in (
+        'multipart/related; type="application/dicom"',
+        "multipart/related; type=application/dicom; transfer-syntax=*",
+    ):
+        r = client(loaded).get(
+            f"/dicomweb/studies/{study}/series/{series[0]}", headers={"Accept": accept}
+        )
+        assert r.status_code == 200
+        got = parts(r)
+        assert len(got) == 3
+        for ctype, body in got:
+            assert ctype == "application/dicom"
+            ds = pydicom.dcmread(io.BytesIO(body))
+            assert ds.PixelData == originals[ds.SOPInstanceUID].PixelData
+
+
+def test_frames_and_metadata_for_a_viewer(loaded: Archive) -> None:
+    study, series, _ = uids()
+    c = client(loaded)
+    meta = c.get(f"/dicomweb/studies/{study}/series/{series[0]}/metadata").json()
+    assert len(meta) == 3
+    assert all("BulkDataURI" in m["7FE00010"] for m in meta)
+    assert value(meta[0], "00280010") == 32
+    sop = value(meta[0], "00080018")
+    original = next(ds for _, ds in datasets(SPEC) if ds.SOPInstanceUID == sop)
+    for accept in (OCTETS, "multipart/related; type=application/octet-stream; transfer-syntax=*"):
+        r = c.get(
+            f"/dicomweb/studies/{study}/series/{series[0]}/instances/{sop}/frames/1",
+            headers={"Accept": accept},
+        )
+        assert r.status_code == 200
+        ((ctype, body),) = parts(r)
+        assert ctype == "application/octet-stream" and body == original.PixelData
+
+
+def test_wado_uri_returns_the_object(loaded: Archive) -> None:
+    study, series, _ = uids()
+    sop = next(ds.SOPInstanceUID for _, ds in datasets(SPEC) if ds.SeriesInstanceUID == series[0])
+    r = client(loaded).get(
+        f"/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series[0]}&objectUID={sop}"
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(r.content)).SOPInstanceUID == sop
+    bad = client(loaded).get(
+        f"/dicomweb/wado?requestType=WADO&studyUID=../x&seriesUID={series[0]}&objectUID={sop}"
+    )
+    assert bad.status_code == 400
+
+
+def test_unacceptable_accept_is_406(loaded: Archive) -> None:
+    study, series, _ = uids()
+    c = client(loaded)
+    for accept in (
+        "text/html",
+        'multipart/related; type="image/png"',
+        "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50",
+    ):
+        r = c.get(f"/dicomweb/studies/{study}/series/{series[0]}", headers={"Accept": accept})
+        assert r.status_code == 406, accept
+        assert r.json()["message"]
+
+
+def test_credentials_are_required_unless_anonymous_is_on(loaded: Archive) -> None:
+    key = "s3cret-key-for-tests"
+    c = client(
+        loaded,
+        allow_anonymous=False,
+        keys=[{"name": "viewer", "sha256": hash_key(key), "role": "read"}],
+    )
+    assert c.get("/dicomweb/studies").status_code == 401
+    assert c.get("/dicomweb/studies", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/dicomweb/studies", headers={"Authorization": "Basic abc"}).status_code == 401
+    r = c.get("/dicomweb/studies", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_cors_preflight_for_a_viewer_origin(loaded: Archive) -> None:
+    c = client(loaded, cors_origins=["https://viewer.example.org"])
+    r = c.options(
+        "/dicomweb/studies/1.2/series/3.4/instances/5.6/frames/1",
+        headers={
+            "Origin": "https://viewer.example.org",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "accept",
+        },
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "https://viewer.example.org"
+    other = c.options(
+        "/dicomweb/studies",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_audit_log_records_every_access(loaded: Archive, tmp_path: Path) -> None:
+    import json
+
+    log = tmp_path / "audit.jsonl"
+    c = client(loaded, audit_log=log)
+    c.get("/dicomweb/studies")
+    c.get("/dicomweb/studies/1.2.3")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["resource"], x["status"], x["who"]) for x in lines] == [
+        ("/dicomweb/studies", 200, "anonymous"),
+        ("/dicomweb/studies/1.2.3", 404, "anonymous"),
+    ]
+
+
+def test_every_route_is_in_the_conformance_statement(loaded: Archive) -> None:
+    from starlette.routing import Route
+
+    text = (
+        Path(__file__).resolve().parent.parent / "viewer_gateway" / "CONFORMANCE.md"
+    ).read_text()
+    app = client(loaded).app
+    paths = [r.path for r in app.routes if isinstance(r, Route) and r.path.startswith("/dicomweb")]  # type: ignore[attr-defined]
+    assert len(paths) >= 15
+    for path in paths:
+        assert f"`GET {path}" in text, f"{path} is missing from CONFORMANCE.md"

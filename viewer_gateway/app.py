@@ -1,0 +1,274 @@
+"""The DICOMweb service: every route in one table, every error turned into a response here.
+
+Routes live under /dicomweb and name their PS3.18 section; CONFORMANCE.md says
+what each supports. Errors from anywhere below become a status and a JSON
+message in `_vna_error`; anything unexpected is a 500 that shows no internals.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from viewer_gateway import audit, qido, wado_rs, wado_uri
+from viewer_gateway.auth import Principal, authenticate
+from viewer_gateway.media import parse_accept
+from viewer_gateway.tiers import InstanceStore
+from vna.attributes import Level
+from vna.errors import VnaError
+from vna.settings import Settings
+
+logger = logging.getLogger("vna.gateway")
+ROOT = "/dicomweb"
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+Uid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64)]
+QueryUid = Annotated[str, Query(pattern=UID_PATTERN, max_length=64)]
+DICOM_JSON = "application/dicom+json"
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    """The ASGI application for one archive."""
+    gw = settings.gateway
+    store = InstanceStore(settings, engine)
+    audit.configure(gw.audit_log)
+    app = FastAPI(title="vna DICOMweb", version="0.1", docs_url=None, redoc_url=None)
+    if gw.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=gw.cors_origins,
+            allow_methods=["GET", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Content-Type", "Content-Location"],
+            max_age=600,
+        )
+
+    def principal(request: Request) -> Principal:
+        who = authenticate(gw, request.headers.get("authorization"))
+        request.state.principal = who
+        return who
+
+    def base_url(request: Request) -> str:
+        if gw.public_url:
+            return gw.public_url.rstrip("/")
+        proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+        host = request.headers.get(
+            "x-forwarded-host", request.headers.get("host", request.url.netloc)
+        )
+        prefix = request.headers.get("x-forwarded-prefix", "").rstrip("/")
+        return f"{proto}://{host.split(',')[0].strip()}{prefix}{ROOT}"
+
+    @app.middleware("http")
+    async def audit_trail(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        if request.url.path.startswith(ROOT) and request.method != "OPTIONS":
+            who = getattr(request.state, "principal", None)
+            client = request.client.host if request.client else "-"
+            audit.record(
+                who.name if who else "-",
+                client,
+                request.method,
+                str(request.url.path),
+                response.status_code,
+            )
+        return response
+
+    @app.exception_handler(VnaError)
+    async def _vna_error(request: Request, exc: VnaError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            {"error": exc.reason, "message": str(exc)}, status_code=exc.status, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": "invalid-input", "message": problems}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": "http", "message": str(exc.detail)}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s", request.url.path)
+        return JSONResponse(
+            {"error": "internal-error", "message": "internal error; see the server log"},
+            status_code=500,
+        )
+
+    async def search(request: Request, level: Level, scope: qido.Scope) -> JSONResponse:
+        q = qido.parse(level, request.query_params.multi_items(), gw.max_limit)
+        found = await run_in_threadpool(qido.search, engine, q, scope, base_url(request))
+        return JSONResponse(found, media_type=DICOM_JSON)
+
+    Who = Annotated[Principal, Depends(principal)]
+
+    # QIDO-RS, PS3.18 10.6
+    @app.get(f"{ROOT}/studies", summary="Search for studies (PS3.18 10.6)")
+    async def search_studies(request: Request, who: Who) -> JSONResponse:
+        return await search(request, Level.STUDY, qido.Scope())
+
+    @app.get(f"{ROOT}/series", summary="Search for series (PS3.18 10.6)")
+    async def search_all_series(request: Request, who: Who) -> JSONResponse:
+        return await search(request, Level.SERIES, qido.Scope())
+
+    @app.get(f"{ROOT}/instances", summary="Search for instances (PS3.18 10.6)")
+    async def search_all_instances(request: Request, who: Who) -> JSONResponse:
+        return await search(request, Level.INSTANCE, qido.Scope())
+
+    @app.get(ROOT + "/studies/{study}/series", summary="Search for a study's series (PS3.18 10.6)")
+    async def search_series(request: Request, study: Uid, who: Who) -> JSONResponse:
+        return await search(request, Level.SERIES, qido.Scope(study))
+
+    @app.get(
+        ROOT + "/studies/{study}/instances", summary="Search for a study's instances (PS3.18 10.6)"
+    )
+    async def search_study_instances(request: Request, study: Uid, who: Who) -> JSONResponse:
+        return await search(request, Level.INSTANCE, qido.Scope(study))
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances",
+        summary="Search for a series' instances (PS3.18 10.6)",
+    )
+    async def search_series_instances(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        who: Who,
+    ) -> JSONResponse:
+        return await search(request, Level.INSTANCE, qido.Scope(study, series))
+
+    # WADO-RS, PS3.18 10.4
+    async def send_instances(
+        request: Request, study: str, series: str | None, sop: str | None
+    ) -> StreamingResponse:
+        accept = parse_accept(request.headers.get("accept"))
+        found = await run_in_threadpool(store.instances, study, series, sop)
+        ctype, body = wado_rs.retrieve(store, found, accept)
+        return StreamingResponse(body, media_type=ctype)
+
+    @app.get(ROOT + "/studies/{study}", summary="Retrieve a study (PS3.18 10.4)")
+    async def retrieve_study(request: Request, study: Uid, who: Who) -> StreamingResponse:
+        return await send_instances(request, study, None, None)
+
+    @app.get(ROOT + "/studies/{study}/series/{series}", summary="Retrieve a series (PS3.18 10.4)")
+    async def retrieve_series(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        who: Who,
+    ) -> StreamingResponse:
+        return await send_instances(request, study, series, None)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances/{sop}",
+        summary="Retrieve an instance (PS3.18 10.4)",
+    )
+    async def retrieve_instance(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        sop: Uid,
+        who: Who,
+    ) -> StreamingResponse:
+        return await send_instances(request, study, series, sop)
+
+    async def send_metadata(
+        request: Request, study: str, series: str | None, sop: str | None
+    ) -> JSONResponse:
+        found = await run_in_threadpool(store.instances, study, series, sop)
+        body = await run_in_threadpool(wado_rs.metadata, store, found, base_url(request))
+        return JSONResponse(body, media_type=DICOM_JSON)
+
+    @app.get(ROOT + "/studies/{study}/metadata", summary="Study metadata (PS3.18 10.4)")
+    async def study_metadata(request: Request, study: Uid, who: Who) -> JSONResponse:
+        return await send_metadata(request, study, None, None)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/metadata", summary="Series metadata (PS3.18 10.4)"
+    )
+    async def series_metadata(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        who: Who,
+    ) -> JSONResponse:
+        return await send_metadata(request, study, series, None)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances/{sop}/metadata",
+        summary="Instance metadata (PS3.18 10.4)",
+    )
+    async def instance_metadata(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        sop: Uid,
+        who: Who,
+    ) -> JSONResponse:
+        return await send_metadata(request, study, series, sop)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
+        summary="Retrieve frames (PS3.18 10.4)",
+    )
+    async def retrieve_frames(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        sop: Uid,
+        frames: Annotated[str, Path(pattern=r"^[0-9]+(,[0-9]+)*$", max_length=200)],
+        who: Who,
+    ) -> StreamingResponse:
+        accept = parse_accept(request.headers.get("accept"))
+        numbers = wado_rs.parse_frames(frames)
+        (inst,) = await run_in_threadpool(store.instances, study, series, sop)
+        ctype, body = await run_in_threadpool(wado_rs.frames, store, inst, numbers, accept)
+        return StreamingResponse(body, media_type=ctype)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}",
+        summary="Retrieve bulk data (PS3.18 10.4)",
+    )
+    async def retrieve_bulkdata(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        sop: Uid,
+        tag: Annotated[str, Path(pattern=r"^[0-9A-Fa-f]{8}$")],
+        who: Who,
+    ) -> Response:
+        (inst,) = await run_in_threadpool(store.instances, study, series, sop)
+        data = await run_in_threadpool(wado_rs.bulkdata, store, inst, tag)
+        return Response(data, media_type="application/octet-stream")
+
+    # WADO-URI, PS3.18 9
+    @app.get(f"{ROOT}/wado", summary="WADO-URI retrieve (PS3.18 9)")
+    async def wado(  # parameter names are the standard's
+        request: Request,
+        who: Who,
+        requestType: Annotated[str, Query()],
+        studyUID: QueryUid,
+        seriesUID: QueryUid,
+        objectUID: QueryUid,
+        contentType: Annotated[str, Query()] = "application/dicom",
+        transferSyntax: Annotated[str | None, Query()] = None,
+    ) -> Response:
+        (inst,) = await run_in_threadpool(store.instances, studyUID, seriesUID, objectUID)
+        data, ctype = await run_in_threadpool(
+            wado_uri.retrieve, store, inst, requestType, contentType, transferSyntax
+        )
+        return Response(data, media_type=ctype)
+
+    return app

@@ -1,0 +1,32 @@
+"""`vna serve`: the DICOMweb service (registered through the `vna.commands` entry point)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vna.index.engine import open_index
+from vna.settings import Settings
+
+NAME = "serve"
+HELP = "serve DICOMweb (QIDO-RS, WADO-RS, WADO-URI) to viewers"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="override gateway.host")
+    parser.add_argument("--port", type=int, help="override gateway.port")
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from viewer_gateway.app import create_app
+
+    app = create_app(settings, open_index(settings.index.url))
+    uvicorn.run(
+        app,
+        host=args.host or settings.gateway.host,
+        port=args.port or settings.gateway.port,
+        log_level="warning",
+        proxy_headers=False,
+    )
+    return 0

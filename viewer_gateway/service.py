@@ -1,0 +1,31 @@
+"""The DICOMweb service as a service of `vna run` (entry point group `vna.services`)."""
+
+from __future__ import annotations
+
+import threading
+
+import uvicorn
+from sqlalchemy import Engine
+
+from viewer_gateway.app import create_app
+from vna.settings import Settings
+
+NAME = "gateway"
+
+
+def serve(settings: Settings, engine: Engine, stop: threading.Event) -> None:
+    """Serve DICOMweb until `stop` is set."""
+    config = uvicorn.Config(
+        create_app(settings, engine),
+        host=settings.gateway.host,
+        port=settings.gateway.port,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+
+    def watch() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    threading.Thread(target=watch, daemon=True).start()
+    server.run()

@@ -10,7 +10,6 @@ Memory holds one study's rows at a time, never the whole listing.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -18,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from replicator.claims import enqueue
 from vna import digest
 from vna.index import schema
+from vna.index.engine import write_transaction
 from vna.layout import parse_relpath
 from vna.settings import TargetSettings
 from vna.targets.registry import open_target
@@ -137,47 +137,8 @@ def _compare_study(
 
 
 def _requeue(engine: Engine, target: str, rows: Sequence[Any]) -> None:
-    r = schema.replicas
-    moment = dt.datetime.now(dt.UTC)
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    values = [
-        dict(
-            target=target,
-            sop_uid=row.sop_uid,
-            path=row.path,
-            digest=row.digest,
-            size=row.size,
-            state="pending",
-            attempts=0,
-            next_attempt_at=moment,
-            queued_at=moment,
-        )
-        for row in rows
-    ]
-    with engine.connect() as conn:
-        conn.info["write"] = True
-        try:
-            with conn.begin():
-                stmt = dialect.insert(r)
-                conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["target", "sop_uid"],
-                        set_={
-                            "path": stmt.excluded.path,
-                            "digest": stmt.excluded.digest,
-                            "size": stmt.excluded.size,
-                            "state": "pending",
-                            "attempts": 0,
-                            "next_attempt_at": moment,
-                            "queued_at": moment,
-                            "verified_at": None,
-                            "last_error": "reconciliation: copy missing or wrong on the target",
-                        },
-                    ),
-                    values,
-                )
-        finally:
-            conn.info.pop("write", None)
+    with write_transaction(engine) as conn:
+        enqueue(conn, target, rows, "reconciliation: copy missing or wrong on the target")
 
 
 def _delete_extras(target: Target, settings: TargetSettings, drift: Drift) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from vna import digest
 from vna.errors import TargetUnavailable
 from vna.index import schema
+from vna.index.engine import write_transaction
 from vna.index.writer import (
     Existing,
     IndexWriter,
@@ -270,31 +271,26 @@ class Committer:
         return self.settings.ingest.duplicate_policy
 
     def _write_index(self, b: _Batch) -> None:
-        with self.engine.connect() as conn:
-            conn.info["write"] = True
-            try:
-                with conn.begin():
-                    changes = self.writer.add(conn, b.records, b.replacing) if b.records else []
-                    append_changes(conn, changes)
-                    if b.duplicates:
-                        conn.execute(schema.duplicates.insert(), b.duplicates)
-                    rows = [entry.to_row() for _, entry in b.quarantined]
-                    if rows:
-                        ids = [r["id"] for r in rows]
-                        q = schema.quarantine
-                        conn.execute(q.delete().where(q.c.id.in_(ids)))
-                        insert_ignoring_conflicts(conn, q, rows, ["id"])
-                    for result, outcome in b.finished:
-                        qid = result.job.quarantine_id
-                        if qid is not None and outcome != "quarantined":
-                            conn.execute(
-                                update(schema.quarantine)
-                                .where(schema.quarantine.c.id == qid)
-                                .values(state="released")
-                            )
-                            b.released.append(self.quarantine.read(result.job.source, qid))
-            finally:
-                conn.info.pop("write", None)
+        with write_transaction(self.engine) as conn:
+            changes = self.writer.add(conn, b.records, b.replacing) if b.records else []
+            append_changes(conn, changes)
+            if b.duplicates:
+                conn.execute(schema.duplicates.insert(), b.duplicates)
+            rows = [entry.to_row() for _, entry in b.quarantined]
+            if rows:
+                ids = [r["id"] for r in rows]
+                q = schema.quarantine
+                conn.execute(q.delete().where(q.c.id.in_(ids)))
+                insert_ignoring_conflicts(conn, q, rows, ["id"])
+            for result, outcome in b.finished:
+                qid = result.job.quarantine_id
+                if qid is not None and outcome != "quarantined":
+                    conn.execute(
+                        update(schema.quarantine)
+                        .where(schema.quarantine.c.id == qid)
+                        .values(state="released")
+                    )
+                    b.released.append(self.quarantine.read(result.job.source, qid))
 
     def _finish_input(self, result: Result, outcome: str) -> None:
         """The input's fate is durable: remove it from the drop folder (or move it aside)."""

@@ -200,7 +200,7 @@ def test_wado_uri_returns_the_object(loaded: Archive) -> None:
     study, series, _ = uids()
     sop = next(ds.SOPInstanceUID for _, ds in datasets(SPEC) if ds.SeriesInstanceUID == series[0])
     r = client(loaded).get(
-        f"/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series[0]}&objectUID={sop}"
+        f"/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series[0]}&objectUID={sop}&contentType=application/dicom"
     )
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
     assert pydicom.dcmread(io.BytesIO(r.content)).SOPInstanceUID == sop
@@ -281,3 +281,64 @@ def test_every_route_is_in_the_conformance_statement(loaded: Archive) -> None:
     assert len(paths) >= 15
     for path in paths:
         assert f"`GET {path}" in text, f"{path} is missing from CONFORMANCE.md"
+
+
+def test_rendered_and_thumbnails_are_real_images(loaded: Archive) -> None:
+    from PIL import Image
+
+    study, series, _ = uids()
+    sop = next(ds.SOPInstanceUID for _, ds in datasets(SPEC) if ds.SeriesInstanceUID == series[0])
+    c = client(loaded)
+    base = f"/dicomweb/studies/{study}/series/{series[0]}"
+    r = c.get(f"{base}/instances/{sop}/rendered", headers={"Accept": "image/jpeg"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.size == (32, 32) and img.getextrema() != (0, 0)  # not blank
+    r = c.get(
+        f"{base}/instances/{sop}/rendered?window=40,400&viewport=64,64&quality=50",
+        headers={"Accept": "image/png"},
+    )
+    assert r.headers["content-type"] == "image/png" and Image.open(io.BytesIO(r.content)).size == (
+        32,
+        32,
+    )
+    r = c.get(f"{base}/instances/{sop}/frames/1/rendered?accept=image%2Fpng")
+    assert r.headers["content-type"] == "image/png"
+    r = c.get(f"{base}/thumbnail?accept=image%2Fjpeg")
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).format == "JPEG"
+    r = c.get(
+        f"/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series[0]}&objectUID={sop}"
+    )
+    assert r.headers["content-type"] == "image/jpeg"  # WADO-URI's default
+    for bad in ("window=abc", "viewport=0,0", "quality=500"):
+        assert c.get(f"{base}/instances/{sop}/rendered?{bad}").status_code == 400
+    assert (
+        c.get(f"{base}/instances/{sop}/rendered", headers={"Accept": "image/gif"}).status_code
+        == 406
+    )
+    assert c.get(f"{base}/instances/{sop}/frames/9/rendered").status_code == 404
+
+
+def test_compressed_instances_render_and_transcode(tmp_path: Path) -> None:
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    archive = make_archive(tmp_path, f"sqlite:///{tmp_path}/index.db")
+    for name in ("JPEG2000.dcm", "SC_rgb_jpeg_gdcm.dcm", "MR_small_RLE.dcm"):
+        shutil.copy(get_testdata_file(name), archive.drop() / name)
+    archive.ingest()
+    c = client(archive)
+    for name in ("JPEG2000.dcm", "SC_rgb_jpeg_gdcm.dcm", "MR_small_RLE.dcm"):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        base = (
+            f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}"
+        )
+        assert c.get(f"{base}/rendered").status_code == 200, name
+        r = c.get(base, headers={"Accept": 'multipart/related; type="application/dicom"'})  # EVLE
+        assert r.status_code == 200, name
+        ((_, body),) = parts(r)
+        got = pydicom.dcmread(io.BytesIO(body))
+        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        assert (got.pixel_array == ds.pixel_array).all(), name

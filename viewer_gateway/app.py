@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from viewer_gateway import audit, qido, wado_rs, wado_uri
+from viewer_gateway import audit, qido, rendered, wado_rs, wado_uri
 from viewer_gateway.auth import Principal, authenticate
 from viewer_gateway.media import parse_accept
 from viewer_gateway.tiers import InstanceStore
@@ -253,6 +253,63 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         data = await run_in_threadpool(wado_rs.bulkdata, store, inst, tag)
         return Response(data, media_type="application/octet-stream")
 
+    async def send_rendered(
+        request: Request, study: str, series: str, sop: str | None, frame: int, thumbnail: bool
+    ) -> Response:
+        accept_types = [r.type for r in parse_accept(request.headers.get("accept"))]
+        params = request.query_params
+        if "accept" in params:  # PS3.18 8.3.3.1: the query parameter wins over the header
+            accept_types = [t.strip().split(";")[0] for t in params["accept"].split(",")]
+        options = rendered.parse_options(
+            accept_types, params.get("window"), params.get("viewport"), params.get("quality")
+        )
+        if thumbnail and options.viewport is None:
+            options = rendered.Options(options.media_type, 80, options.window, rendered.THUMBNAIL)
+        found = await run_in_threadpool(store.instances, study, series, sop)
+        inst = found[len(found) // 2]  # a series thumbnail shows its middle instance
+        data = await run_in_threadpool(store.read, inst)
+        image = await run_in_threadpool(rendered.render, data, frame, options)
+        return Response(image, media_type=options.media_type)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances/{sop}/rendered",
+        summary="Rendered instance (PS3.18 10.4)",
+    )
+    async def rendered_instance(
+        request: Request, study: Uid, series: Uid, sop: Uid, who: Who
+    ) -> Response:
+        return await send_rendered(request, study, series, sop, 1, False)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered",
+        summary="Rendered frame (PS3.18 10.4)",
+    )
+    async def rendered_frame(
+        request: Request,
+        study: Uid,
+        series: Uid,
+        sop: Uid,
+        frame: Annotated[int, Path(ge=1, le=100000)],
+        who: Who,
+    ) -> Response:
+        return await send_rendered(request, study, series, sop, frame, False)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/instances/{sop}/thumbnail",
+        summary="Instance thumbnail (PS3.18 10.4)",
+    )
+    async def thumbnail_instance(
+        request: Request, study: Uid, series: Uid, sop: Uid, who: Who
+    ) -> Response:
+        return await send_rendered(request, study, series, sop, 1, True)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/thumbnail",
+        summary="Series thumbnail (PS3.18 10.4)",
+    )
+    async def thumbnail_series(request: Request, study: Uid, series: Uid, who: Who) -> Response:
+        return await send_rendered(request, study, series, None, 1, True)
+
     # WADO-URI, PS3.18 9
     @app.get(f"{ROOT}/wado", summary="WADO-URI retrieve (PS3.18 9)")
     async def wado(  # parameter names are the standard's
@@ -262,12 +319,28 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         studyUID: QueryUid,
         seriesUID: QueryUid,
         objectUID: QueryUid,
-        contentType: Annotated[str, Query()] = "application/dicom",
+        contentType: Annotated[str, Query()] = "image/jpeg",
         transferSyntax: Annotated[str | None, Query()] = None,
+        windowCenter: Annotated[float | None, Query()] = None,
+        windowWidth: Annotated[float | None, Query(gt=0)] = None,
+        rows: Annotated[int | None, Query(ge=1, le=4096)] = None,
+        columns: Annotated[int | None, Query(ge=1, le=4096)] = None,
+        imageQuality: Annotated[int | None, Query(ge=1, le=100)] = None,
     ) -> Response:
         (inst,) = await run_in_threadpool(store.instances, studyUID, seriesUID, objectUID)
+        window = (
+            f"{windowCenter},{windowWidth}" if windowCenter is not None and windowWidth else None
+        )
+        viewport = f"{columns or rows},{rows or columns}" if rows or columns else None
+        quality = str(imageQuality) if imageQuality else None
         data, ctype = await run_in_threadpool(
-            wado_uri.retrieve, store, inst, requestType, contentType, transferSyntax
+            wado_uri.retrieve,
+            store,
+            inst,
+            requestType,
+            contentType,
+            transferSyntax,
+            (window, viewport, quality),
         )
         return Response(data, media_type=ctype)
 

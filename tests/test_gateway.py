@@ -342,3 +342,41 @@ def test_compressed_instances_render_and_transcode(tmp_path: Path) -> None:
         got = pydicom.dcmread(io.BytesIO(body))
         assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
         assert (got.pixel_array == ds.pixel_array).all(), name
+
+
+def test_metadata_is_prepared_from_the_change_feed_not_per_request(loaded: Archive) -> None:
+    from sqlalchemy import func, select
+
+    from vna.index import schema
+
+    c = client(loaded)
+    prepared = c.app.state.metadata  # type: ignore[attr-defined]
+    assert prepared.catch_up() == 6
+    assert prepared.catch_up() == 0  # by cursor: nothing new, nothing done
+    with loaded.engine.connect() as conn:
+        assert (
+            conn.execute(select(func.count()).select_from(schema.instance_metadata)).scalar_one()
+            == 6
+        )
+    study, series, _ = uids()
+    for f in (loaded.settings.archive.root / "studies").rglob("*.dcm"):
+        f.unlink()  # metadata no longer needs the files
+    meta = c.get(
+        f"/dicomweb/studies/{study}/series/{series[0]}/metadata",
+        headers={"Host": "pacs.example.org"},
+    ).json()
+    assert len(meta) == 3
+    assert meta[0]["7FE00010"]["BulkDataURI"].startswith(
+        "http://pacs.example.org/dicomweb/studies/"
+    )
+    fwd = c.get(
+        f"/dicomweb/studies/{study}/metadata",
+        headers={
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "viewer.example.org",
+            "X-Forwarded-Prefix": "/pacs",
+        },
+    ).json()
+    assert fwd[0]["7FE00010"]["BulkDataURI"].startswith(
+        "https://viewer.example.org/pacs/dicomweb/studies/"
+    )

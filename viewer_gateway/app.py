@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from viewer_gateway import audit, qido, rendered, wado_rs, wado_uri
 from viewer_gateway.auth import Principal, authenticate
 from viewer_gateway.media import parse_accept
+from viewer_gateway.metadata import MetadataCache
 from viewer_gateway.tiers import InstanceStore
 from vna.attributes import Level
 from vna.errors import VnaError
@@ -37,8 +38,10 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     """The ASGI application for one archive."""
     gw = settings.gateway
     store = InstanceStore(settings, engine)
+    prepared = MetadataCache(store, engine)
     audit.configure(gw.audit_log)
     app = FastAPI(title="vna DICOMweb", version="0.1", docs_url=None, redoc_url=None)
+    app.state.metadata = prepared  # its `run` keeps metadata prepared (see service.py)
     if gw.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -188,7 +191,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         request: Request, study: str, series: str | None, sop: str | None
     ) -> JSONResponse:
         found = await run_in_threadpool(store.instances, study, series, sop)
-        body = await run_in_threadpool(wado_rs.metadata, store, found, base_url(request))
+        body = await run_in_threadpool(prepared.get, found, base_url(request))
         return JSONResponse(body, media_type=DICOM_JSON)
 
     @app.get(ROOT + "/studies/{study}/metadata", summary="Study metadata (PS3.18 10.4)")

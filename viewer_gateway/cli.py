@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 
 from vna.index.engine import open_index
 from vna.settings import Settings
@@ -22,6 +23,10 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     from viewer_gateway.app import create_app
 
     app = create_app(settings, open_index(settings.index.url))
+    stop = threading.Event()
+    threading.Thread(
+        target=app.state.metadata.run, args=(stop,), name="metadata", daemon=True
+    ).start()
     uvicorn.run(
         app,
         host=args.host or settings.gateway.host,
@@ -29,4 +34,5 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         log_level="warning",
         proxy_headers=False,
     )
+    stop.set()
     return 0

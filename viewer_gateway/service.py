@@ -15,8 +15,12 @@ NAME = "gateway"
 
 def serve(settings: Settings, engine: Engine, stop: threading.Event) -> None:
     """Serve DICOMweb until `stop` is set."""
+    app = create_app(settings, engine)
+    threading.Thread(
+        target=app.state.metadata.run, args=(stop,), name="metadata", daemon=True
+    ).start()
     config = uvicorn.Config(
-        create_app(settings, engine),
+        app,
         host=settings.gateway.host,
         port=settings.gateway.port,
         log_level="warning",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -21,7 +20,6 @@ from viewer_gateway.tiers import InstanceStore, Located
 from viewer_gateway.transcode import can_convert, convert
 from vna.errors import InvalidInput, NotAcceptable, NotFound
 
-BULK_THRESHOLD = 1024
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
@@ -49,28 +47,6 @@ def retrieve(
         yield mp.end()
 
     return mp.content_type, parts()
-
-
-def metadata(store: InstanceStore, found: list[Located], base_url: str) -> list[dict[str, Any]]:
-    """DICOM JSON of each instance, binary values as BulkDataURIs (PS3.18 F.2)."""
-    out = []
-    for inst in found:
-        ds = pydicom.dcmread(io.BytesIO(store.read(inst)), stop_before_pixels=True)
-        url = (
-            f"{base_url}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}"
-        )
-
-        def bulk(elem: Any, url: str = url) -> str:
-            return f"{url}/bulkdata/{elem.tag:08X}"
-
-        item = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD, bulk_data_element_handler=bulk)
-        item["7FE00010"] = {
-            "vr": "OB" if "1.2.840.10008.1.2.4" in inst.transfer_syntax_uid else "OW",
-            "BulkDataURI": f"{url}/frames/1",
-        }
-        item.setdefault("00020010", {"vr": "UI", "Value": [inst.transfer_syntax_uid]})
-        out.append(item)
-    return out
 
 
 def parse_frames(text: str) -> list[int]:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -185,4 +186,14 @@ replication_cursors = Table(
     Column("target", String(64), primary_key=True),
     Column("seq", BigInteger, nullable=False),  # last change-feed row turned into replica rows
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# WADO-RS metadata prepared once per instance (by the gateway, from the change feed), so a
+# metadata request never parses files. JSON (zlib) with BulkDataURIs relative to a placeholder.
+instance_metadata = Table(
+    "instance_metadata",
+    metadata,
+    Column("sop_uid", String(64), primary_key=True),
+    Column("digest", String(32), nullable=False),  # of the file it was prepared from
+    Column("json", LargeBinary, nullable=False),
 )

@@ -29,9 +29,17 @@ class _Handler(FileSystemEventHandler):
         self.hints = hints
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            # A folder that appears (created, or moved in whole) is scanned; a folder whose
+            # entries changed is not: every archived file's removal changes its folder, and
+            # rescanning it then would cost a scan per file. New files bring their own events.
+            if event.event_type in ("created", "moved"):
+                path = getattr(event, "dest_path", "") or event.src_path
+                self.hints.put((self.source, str(path), True))
+            return
         if event.event_type in ("created", "modified", "closed", "moved"):
             path = getattr(event, "dest_path", "") or event.src_path
-            self.hints.put((self.source, str(path), bool(event.is_directory)))
+            self.hints.put((self.source, str(path), False))
 
 
 class Watchers:

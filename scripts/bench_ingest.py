@@ -7,8 +7,19 @@ and against the physical limits of the disk (a plain copy, without and with an
 fsync of each file; the durable copy is what an archive must do at least).
 
 What is timed:
-- ours: wall time of `vna --config CFG ingest --once` as a subprocess, start-up
-  included; its peak RSS is the sum over the process tree, sampled every 50 ms.
+- ours warm (the primary figure, like for like with an already running Orthanc):
+  `vna --config CFG ingest` runs as a daemon, started untimed with an empty drop
+  folder and proven ready by a warm-up file (one 16x16 instance) that it must
+  take in first. The dataset was copied beforehand, untimed, next to the drop
+  folder on the same file system; the clock starts when that copy is moved into
+  the drop folder with one `rename` of its folder (the daemon learns of it from
+  inotify) and stops when the drop folder holds no file and the index holds
+  every instance (polled every 20 ms, read-only, counting rows above the
+  highest id before the move, so the poll stays cheap at any index size).
+- ours cold: wall time of `vna --config CFG ingest --once` as a subprocess,
+  Python start-up (~0.9 s), index open and worker start included.
+  For both, peak RSS is the sum over the process tree, sampled every 50 ms
+  (for the daemon, only while the clock runs).
 - Orthanc REST: `POST /instances` of every file from `--rest-threads` clients,
   Orthanc already running (started with empty storage, not timed).
 - Orthanc storescu: one `storescu +sd +r` run over the export folder, with
@@ -18,14 +29,24 @@ What is timed:
 - copy: every file copied into a fresh folder by `--copy-threads` threads
   (default: as many as our ingest workers), without and with fsync per file.
 Each measurement starts with fresh storage, after an untimed `sync`, and is
-repeated `--repeat` times in turn (ours, REST, storescu, copy, copy+fsync, then
-again), so drift of the machine spreads over all of them; the median is reported.
-The source files are read from the page cache in every case (the dataset is
-generated just before), so the figures compare writing, not reading.
+repeated `--repeat` times in turn (ours warm, ours cold, REST, storescu, copy,
+copy+fsync, then again), so drift of the machine spreads over all of them; the
+median is reported. The source files are read from the page cache in every case
+(the dataset is generated just before), so the figures compare writing, not reading.
+
+Our index: SQLite by default (a fresh file per run), or PostgreSQL with
+`--index-url postgresql+psycopg://...` (a fresh schema per run, dropped after it).
+`--prefill N` starts each of our runs with N synthetic instances already in the
+index (untimed; see peers.ours.BenchIndex), to show whether ingest slows down at
+archive scale. Orthanc and the copies always start empty.
 
 Network: Orthanc 1.10 cannot bind loopback only, so when Orthanc is measured the
-script needs root: it creates a network namespace holding only `lo`, re-executes
-itself inside it, and deletes the namespace at the end, also on error or Ctrl-C.
+script needs root: it creates a network namespace holding only `lo`, runs each
+Orthanc measurement (Orthanc and its clients) inside it by re-executing itself
+there with `--orthanc-child`, and deletes the namespace at the end, also on error
+or Ctrl-C. Everything else (our ingest, the copies) runs here, in the caller's
+network namespace: it opens no network port, and a PostgreSQL index on
+127.0.0.1 stays reachable (inside the namespace it would not be).
 
 Run from the repo root: `.venv/bin/python scripts/bench_ingest.py [--instances N] ...`.
 The temporary folder is made by `tempfile` (set TMPDIR to put it on another disk).
@@ -35,13 +56,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import dataclasses
+import json
 import os
 import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,13 +82,32 @@ from peers.orthanc import (
     missing_tools,
     run_inside,
 )
+from peers.ours import (
+    BenchIndex,
+    InstanceCounter,
+    OursError,
+    VnaProcess,
+    bench_index,
+    check_run,
+    make_warmup,
+    ours_runnable,
+    vna_command,
+    wait_ingested,
+    wait_warm,
+    write_config,
+)
 
-INSIDE_FLAG = "--inside"
+#: Hidden flag: run one Orthanc measurement (inside the namespace) and write its result.
+CHILD_FLAG = "--orthanc-child"
+#: Where an Orthanc child writes its Run, as JSON, in its run folder.
+RESULT_FILE = "result.json"
 #: Sampling period of the peak-RSS sampler; short enough to catch a batch's peak.
 RSS_SAMPLE_SECONDS = 0.05
 #: Instances per series in the generated dataset (a typical thin-slice CT series).
 PER_SERIES = 250
 MB = 1_000_000
+#: Free space wanted beyond the runs' outputs before they are all kept until the end.
+DISK_MARGIN = 1.1
 
 
 class BenchError(RuntimeError):
@@ -186,10 +226,26 @@ def settle_disk() -> None:
     os.sync()
 
 
-def remove(path: Path, keep: bool) -> None:
-    """Delete a finished run's output unless the user asked to keep it."""
-    if not keep:
-        shutil.rmtree(path, ignore_errors=True)
+def outputs_fit(work: Path, data: Dataset, runs: int, extra: int = 0) -> bool:
+    """Whether the output of every run fits on the disk at once (with a margin).
+
+    Deleting a run's output right before the next run is measured bills part of
+    the deletion (journal commit, discards on a `discard` mount) to that run: on
+    the development VM (ext4 with `discard`) it made copies with fsync measure
+    faster than copies without. So outputs are kept until the end when they fit.
+    `extra` is what the runs keep besides their copy of the dataset (index files).
+    """
+    needed = (data.total_bytes * (runs + 1) + extra) * DISK_MARGIN  # +1: our drop copy
+    return shutil.disk_usage(work).free > needed
+
+
+def filesystem_of(path: Path) -> str:
+    """Device, type and mount options of the file system holding `path`, for the report."""
+    parts = [p for p in psutil.disk_partitions(all=True) if path.is_relative_to(p.mountpoint)]
+    if not parts:
+        return "unknown file system"
+    best = max(parts, key=lambda part: len(part.mountpoint))
+    return f"{best.device} {best.fstype} on {best.mountpoint} ({best.opts})"
 
 
 # --------------------------------------------------------------------------- dataset
@@ -210,6 +266,12 @@ def make_dataset(folder: Path, instances: int) -> Dataset:
     return Dataset(root=folder, files=sorted(files), total_bytes=total)
 
 
+def dataset_at(folder: Path) -> Dataset:
+    """The dataset the parent generated, as an Orthanc child finds it."""
+    files = sorted(files_below(folder))
+    return Dataset(root=folder, files=files, total_bytes=sum(p.stat().st_size for p in files))
+
+
 def files_below(folder: Path) -> list[Path]:
     """Every regular file below `folder`."""
     return [path for path in folder.rglob("*") if path.is_file()]
@@ -217,83 +279,59 @@ def files_below(folder: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- ours
 
-CONFIG_TEMPLATE = """\
-# Written by scripts/bench_ingest.py; relative paths resolve against this folder.
-[archive]
-root = "archive"
-quarantine = "quarantine"
 
-[index]
-url = "sqlite:///index.db"
-
-[ingest]
-settle_seconds = 0
-workers = {workers}
-batch_size = 64
-
-[[sources]]
-name = "bench"
-drop = "drop"
-issuer_of_patient_id = "BENCH"
-"""
-
-
-def vna_command(config: Path) -> list[str]:
-    """`vna --config CFG ingest --once`, from the venv this script runs in."""
-    script = Path(sys.executable).with_name("vna")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "vna.cli.main"]
-    return [*head, "--config", str(config), "ingest", "--once"]
-
-
-def ours_runnable() -> str | None:
-    """None when our CLI can be started, else why not."""
-    if importlib.util.find_spec("vna") is None:
-        return "package 'vna' is not importable from this interpreter"
-    if importlib.util.find_spec("vna.cli.main") is None:
-        return "module vna.cli.main does not exist yet"
-    return None
-
-
-def run_ours(data: Dataset, run_dir: Path, workers: int) -> Run:
-    """Ingest a fresh copy of the dataset with a fresh archive and index, timed."""
+def run_ours_warm(data: Dataset, run_dir: Path, workers: int, index: BenchIndex) -> Run:
+    """Move the dataset into the drop folder of an already running daemon; time until indexed."""
     run_dir.mkdir(parents=True)
-    shutil.copytree(data.root, run_dir / "drop")
-    config = run_dir / "vna.toml"
-    config.write_text(CONFIG_TEMPLATE.format(workers=workers))
-    command = vna_command(config)
-    log_path = run_dir / "ingest.log"
-    settle_disk()
-    with log_path.open("wb") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            command, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            with PeakMemory(process.pid) as memory:
-                code = process.wait()
-            seconds = time.perf_counter() - started
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    if code != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise BenchError(f"{' '.join(command)} exited with code {code}:\n{tail}")
-    check_ours(run_dir, data.count)
+    staged = run_dir / "incoming" / "export"
+    shutil.copytree(data.root, staged)  # same file system as the drop folder: a rename moves it
+    warmup = make_warmup(run_dir / "incoming" / "warmup")
+    drop = run_dir / "drop"
+    drop.mkdir()
+    url = index.for_run(run_dir)
+    try:
+        config = write_config(run_dir, url, workers)
+        with VnaProcess(vna_command(config, once=False), run_dir) as vna:
+            wait_warm(vna, warmup, drop, run_dir)
+            with InstanceCounter(url) as counter:
+                base = counter.max_id()
+                settle_disk()
+                with PeakMemory(vna.process.pid) as memory:
+                    started = time.perf_counter()
+                    os.rename(staged, drop / staged.name)
+                    wait_ingested(vna, counter, base, data.count, drop)
+                    seconds = time.perf_counter() - started
+                total = counter.total()
+            code = vna.stop()
+            if code != 0:
+                raise vna.failure(f"exited with code {code} after SIGTERM")
+        check_run(run_dir, data.count + 1, total, index.prefill + data.count + 1)
+    finally:
+        index.release(url)
     return Run(seconds, memory.rss, memory.pss)
 
 
-def check_ours(run_dir: Path, expected: int) -> None:
-    """Fail loudly unless every instance is in the layout and nothing stayed behind."""
-    archived = list((run_dir / "archive").glob("studies/*/series/*/instances/*.dcm"))
-    left = files_below(run_dir / "drop")
-    quarantined = files_below(run_dir / "quarantine") if (run_dir / "quarantine").exists() else []
-    if len(archived) != expected or left or quarantined:
-        raise BenchError(
-            f"ours: {len(archived)} instances in the layout (expected {expected}), "
-            f"{len(left)} files left in drop, {len(quarantined)} files in quarantine "
-            f"(e.g. {[str(p) for p in (left + quarantined)[:3]]}); see {run_dir / 'ingest.log'}"
-        )
+def run_ours_cold(data: Dataset, run_dir: Path, workers: int, index: BenchIndex) -> Run:
+    """Ingest a fresh copy of the dataset with `vna ingest --once`, start-up included, timed."""
+    run_dir.mkdir(parents=True)
+    shutil.copytree(data.root, run_dir / "drop")
+    url = index.for_run(run_dir)
+    try:
+        config = write_config(run_dir, url, workers)
+        settle_disk()
+        started = time.perf_counter()
+        with VnaProcess(vna_command(config, once=True), run_dir) as vna:
+            with PeakMemory(vna.process.pid) as memory:
+                code = vna.wait()
+            seconds = time.perf_counter() - started
+            if code != 0:
+                raise vna.failure(f"exited with code {code}")
+        with InstanceCounter(url, readonly=False) as counter:
+            total = counter.total()
+        check_run(run_dir, data.count, total, index.prefill + data.count)
+    finally:
+        index.release(url)
+    return Run(seconds, memory.rss, memory.pss)
 
 
 # --------------------------------------------------------------------------- Orthanc
@@ -321,6 +359,44 @@ def run_orthanc_storescu(data: Dataset, run_dir: Path, no_nagle: bool) -> Run:
             seconds = time.perf_counter() - started
         orthanc.expect_instances(data.count)
     return Run(seconds, memory.rss, memory.pss)
+
+
+def orthanc_child(args: argparse.Namespace) -> int:
+    """Inside the namespace: one Orthanc measurement, its Run written to RESULT_FILE."""
+    run_dir = Path(args.run_dir)
+    data = dataset_at(Path(args.dataset))
+    if args.orthanc_child == "rest":
+        run = run_orthanc_rest(data, run_dir, args.rest_threads)
+    else:
+        run = run_orthanc_storescu(data, run_dir, not args.dcmtk_nagle)
+    (run_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(run)))
+    return 0
+
+
+def run_orthanc_inside(
+    namespace: LoopbackNamespace,
+    method: str,
+    data: Dataset,
+    run_dir: Path,
+    args: argparse.Namespace,
+) -> Run:
+    """Run one Orthanc measurement in the loopback-only namespace (this script, re-executed)."""
+    run_dir.mkdir(parents=True)
+    argv = [
+        sys.executable, str(Path(__file__).resolve()),
+        CHILD_FLAG, method,
+        "--run-dir", str(run_dir),
+        "--dataset", str(data.root),
+        "--rest-threads", str(args.rest_threads),
+        *(["--dcmtk-nagle"] if args.dcmtk_nagle else []),
+    ]  # fmt: skip
+    code = run_inside(namespace, argv)
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise BenchError(f"Orthanc {method} run failed (exit code {code}; its message is above)")
+    result = json.loads((run_dir / RESULT_FILE).read_text())
+    return Run(float(result["seconds"]), int(result["rss"]), int(result["pss"]))
 
 
 # --------------------------------------------------------------------------- plain copy
@@ -361,8 +437,16 @@ def fmt_mb(value: int) -> str:
     return f"{value / MB:.0f} MB"
 
 
+PEERS = (
+    ("rest", "Orthanc REST"),
+    ("storescu", "Orthanc storescu"),
+    ("copy", "plain copy"),
+    ("copy_fsync", "plain copy + fsync"),
+)
+
+
 def print_report(args: argparse.Namespace, data: Dataset, results: dict[str, Measurement]) -> None:
-    """The table (median rates), every individual run, and our rate over each peer's."""
+    """The table (median rates), every individual run, and our rates over each peer's."""
     n, size = data.count, data.total_bytes
     print()
     print(
@@ -373,6 +457,11 @@ def print_report(args: argparse.Namespace, data: Dataset, results: dict[str, Mea
         f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
+    if args.prefill and not args.skip_ours:
+        print(
+            f"prefill: each run of ours starts with {args.prefill:,} synthetic instances in its "
+            "index; Orthanc and the copies start empty (Orthanc is not prefilled)"
+        )
     width = max(len(m.label) for m in results.values())
     header = (
         f"{'method':<{width}} {'median s':>9} {'inst/s':>9} {'MB/s':>8} {'peak RSS':>10}  runs (s)"
@@ -394,19 +483,18 @@ def print_report(args: argparse.Namespace, data: Dataset, results: dict[str, Mea
                 + "; PSS sum "
                 + " ".join(fmt_mb(r.pss) for r in m.runs)
             )
-    ours = results.get("ours")
-    if ours is None:
+    peers = [(key, name) for key, name in PEERS if key in results]
+    ours = [(key, name) for key, name in (("warm", "warm"), ("cold", "cold")) if key in results]
+    if not ours or not peers:
         return
     print()
     print("ratios, ours / peer (instances/s, medians; > 1 means ours is faster):")
-    for key, name in (
-        ("rest", "Orthanc REST"),
-        ("storescu", "Orthanc storescu"),
-        ("copy", "plain copy"),
-        ("copy_fsync", "plain copy + fsync"),
-    ):
-        if key in results:
-            print(f"  ours / {name:<20} {ours.rate(n) / results[key].rate(n):6.3g}")
+    for key, name in ours:
+        primary = " (primary)" if key == "warm" else ""
+        print(f"  ours {name}{primary}:")
+        for peer, peer_name in peers:
+            ratio = results[key].rate(n) / results[peer].rate(n)
+            print(f"    ours {name} / {peer_name:<20} {ratio:6.3g}")
 
 
 # --------------------------------------------------------------------------- main
@@ -422,6 +510,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2, help="our ingest workers")
     parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        help="synthetic instances already in our index at the start of each run (untimed)",
+    )
+    parser.add_argument(
+        "--index-url",
+        default="",
+        help="our index on PostgreSQL (postgresql+psycopg://...; a fresh schema per run); "
+        "default: a fresh SQLite file per run",
+    )
+    parser.add_argument(
         "--rest-threads", type=int, default=4, help="concurrent REST clients to Orthanc"
     )
     parser.add_argument(
@@ -436,12 +536,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--skip-orthanc", action="store_true", help="no Orthanc (no root needed)")
     parser.add_argument("--skip-ours", action="store_true", help="no run of our ingest")
-    parser.add_argument(INSIDE_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--skip-cold", action="store_true", help="no cold run of ours (vna ingest --once)"
+    )
+    parser.add_argument(CHILD_FLAG, choices=("rest", "storescu"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.copy_threads is None:
         args.copy_threads = args.workers
     if min(args.instances, args.repeat, args.workers, args.rest_threads, args.copy_threads) < 1:
         parser.error("counts must be at least 1")
+    if args.prefill < 0:
+        parser.error("--prefill must not be negative")
+    if args.index_url and not args.index_url.startswith("postgresql+psycopg://"):
+        parser.error("--index-url: a postgresql+psycopg:// URL (SQLite is the default)")
     return args
 
 
@@ -450,7 +559,7 @@ def preflight(args: argparse.Namespace) -> None:
     problems: list[str] = []
     if not args.skip_orthanc:
         problems += missing_tools(REQUIRED_TOOLS)
-        if os.geteuid() != 0 and not args.inside:
+        if os.geteuid() != 0:
             problems.append(
                 "measuring Orthanc needs root (a loopback-only network namespace); "
                 "run as root or pass --skip-orthanc"
@@ -461,25 +570,40 @@ def preflight(args: argparse.Namespace) -> None:
         sys.exit("bench_ingest: " + "\n  ".join(["cannot start:", *problems]))
 
 
-def plan(args: argparse.Namespace, data: Dataset) -> list[Measurement]:
+def plan(
+    args: argparse.Namespace,
+    data: Dataset,
+    index: BenchIndex,
+    namespace: LoopbackNamespace | None,
+) -> list[Measurement]:
     """The methods to measure, in the order each repetition runs them."""
     methods: list[Measurement] = []
     if not args.skip_ours:
+        where = f"{args.workers} workers, {index.describe()}"
         methods.append(
             Measurement(
-                "ours",
-                f"ours: vna ingest --once ({args.workers} workers)",
-                lambda d: run_ours(data, d, args.workers),
-                rss_note="vna process tree",
+                "warm",
+                f"ours warm: vna ingest daemon ({where})",
+                lambda d: run_ours_warm(data, d, args.workers, index),
+                rss_note="vna process tree, while the clock ran",
             )
         )
-    if not args.skip_orthanc:
+        if not args.skip_cold:
+            methods.append(
+                Measurement(
+                    "cold",
+                    f"ours cold: vna ingest --once, start-up included ({where})",
+                    lambda d: run_ours_cold(data, d, args.workers, index),
+                    rss_note="vna process tree",
+                )
+            )
+    if namespace is not None:
         nagle = "Nagle on" if args.dcmtk_nagle else "TCP_NODELAY"
         methods.append(
             Measurement(
                 "rest",
                 f"Orthanc REST POST /instances ({args.rest_threads} thr)",
-                lambda d: run_orthanc_rest(data, d, args.rest_threads),
+                lambda d: run_orthanc_inside(namespace, "rest", data, d, args),
                 rss_note="Orthanc server",
             )
         )
@@ -487,7 +611,7 @@ def plan(args: argparse.Namespace, data: Dataset) -> list[Measurement]:
             Measurement(
                 "storescu",
                 f"Orthanc C-STORE, storescu (1 assoc, {nagle})",
-                lambda d: run_orthanc_storescu(data, d, not args.dcmtk_nagle),
+                lambda d: run_orthanc_inside(namespace, "storescu", data, d, args),
                 rss_note="Orthanc server",
             )
         )
@@ -511,56 +635,75 @@ def plan(args: argparse.Namespace, data: Dataset) -> list[Measurement]:
 
 def benchmark(args: argparse.Namespace) -> None:
     """Generate the dataset, run every method `--repeat` times in turn, print the report."""
-    if not args.skip_orthanc:
-        assert_loopback_only()
     work = Path(tempfile.mkdtemp(prefix="vna-bench-ingest-"))
     print(f"work folder: {work}", flush=True)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(cleanup, work, args.keep)  # runs last: after the index and the namespace
+        index = stack.enter_context(bench_index(args.index_url, args.prefill, work))
+        namespace = None
+        if not args.skip_orthanc:
+            namespace = stack.enter_context(LoopbackNamespace(f"vna-bench-{os.getpid()}"))
+            print(
+                f"Orthanc runs inside network namespace {namespace.name} (loopback only)",
+                flush=True,
+            )
         data = make_dataset(work / "dataset", args.instances)
-        methods = plan(args, data)
         if not args.skip_ours:
-            print("ours: " + " ".join(vna_command(Path("<run>/vna.toml"))), flush=True)
+            index.prepare()
+        methods = plan(args, data, index, namespace)
+        ours_runs = sum(m.key in ("warm", "cold") for m in methods) * args.repeat
+        extra = index.bytes_per_run() * ours_runs
+        defer = args.keep or outputs_fit(work, data, args.repeat * len(methods), extra)
+        print(f"file system: {filesystem_of(work)}", flush=True)
+        if not defer:
+            print(
+                "note: not enough free space to keep every run's output until the end; "
+                "deleting each run's output after it (the deletion may slow the next run)",
+                flush=True,
+            )
+        if not args.skip_ours:
+            print(f"ours: index {index.describe()}", flush=True)
+            for once in (False, True):
+                print("ours: " + " ".join(vna_command(Path("<run>/vna.toml"), once)), flush=True)
         for run in range(1, args.repeat + 1):
             for measurement in methods:
                 run_dir = work / f"{measurement.key}-{run}"
                 result = measurement.measure(run_dir)
                 measurement.runs.append(result)
-                extra = f", peak RSS {fmt_mb(result.rss)}" if result.rss else ""
+                extra_text = f", peak RSS {fmt_mb(result.rss)}" if result.rss else ""
                 print(
                     f"run {run}/{args.repeat} {measurement.label}: {result.seconds:.3f} s, "
-                    f"{data.count / result.seconds:.1f} inst/s{extra}",
+                    f"{data.count / result.seconds:.1f} inst/s{extra_text}",
                     flush=True,
                 )
-                remove(run_dir, args.keep)
+                if not defer:
+                    shutil.rmtree(run_dir, ignore_errors=True)
         print_report(args, data, {m.key: m for m in methods})
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+
+
+def cleanup(work: Path, keep: bool) -> None:
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM behaves like Ctrl-C, so every `finally` stops its Orthanc and removes its files."""
+    """SIGTERM behaves like Ctrl-C, so every `finally` stops its processes and removes files."""
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    raw = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(raw)
-    preflight(args)
-    if args.skip_orthanc or args.inside:
-        signal.signal(signal.SIGTERM, _interrupt)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if args.skip_orthanc or args.inside:
-            benchmark(args)
-            return 0
-        with LoopbackNamespace(f"vna-bench-{os.getpid()}") as namespace:
-            print(f"running inside network namespace {namespace.name} (loopback only)", flush=True)
-            return run_inside(
-                namespace, [sys.executable, str(Path(__file__).resolve()), *raw, INSIDE_FLAG]
-            )
-    except (BenchError, PeerError) as exc:
+        if args.orthanc_child:
+            assert_loopback_only()
+            return orthanc_child(args)
+        preflight(args)
+        benchmark(args)
+        return 0
+    except (BenchError, OursError, PeerError) as exc:
         print(f"bench_ingest: FAILED: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

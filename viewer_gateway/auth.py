@@ -6,18 +6,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from vna.errors import VnaError
+from vna.errors import Forbidden, Unauthorized
 from vna.settings import GatewaySettings
-
-
-class Unauthorized(VnaError):
-    status = 401
-    reason = "unauthorized"
-
-
-class Forbidden(VnaError):
-    status = 403
-    reason = "forbidden"
 
 
 @dataclass(frozen=True)

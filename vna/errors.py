@@ -23,6 +23,20 @@ class InvalidInput(VnaError):
     reason = "invalid-input"
 
 
+class Unauthorized(VnaError):
+    """No credentials, or credentials the archive does not know."""
+
+    status = 401
+    reason = "unauthorized"
+
+
+class Forbidden(VnaError):
+    """Known credentials without the role this needs."""
+
+    status = 403
+    reason = "forbidden"
+
+
 class NotFound(VnaError):
     """The thing asked for is not in the archive."""
 

@@ -12,27 +12,15 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from types import ModuleType
 
-from vna import __version__, settings
+from vna import __version__, plugins, settings
 from vna.cli import db, ingest, quarantine, reindex, run, sample, status, verify
 from vna.errors import InvalidInput, TargetUnavailable, VnaError
 
 COMMANDS: tuple[ModuleType, ...] = (run, ingest, status, quarantine, verify, reindex, db, sample)
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-
-
-def plugin_commands() -> list[ModuleType]:
-    """Subcommands other packages register under the `vna.commands` entry point."""
-    found = []
-    for entry in sorted(entry_points(group="vna.commands"), key=lambda e: e.name):
-        try:
-            found.append(entry.load())
-        except ImportError as exc:
-            print(f"vna: the {entry.name!r} command is not available: {exc}", file=sys.stderr)
-    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vna {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (*COMMANDS, *plugin_commands()):
+    for module in (*COMMANDS, *plugins.load("vna.commands")):
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.configure(p)
         p.set_defaults(handler=module.main)

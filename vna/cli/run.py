@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-from importlib.metadata import entry_points
-from types import ModuleType
 
+from vna import plugins
 from vna.cli.ingest import install_stop_handlers
 from vna.index.engine import open_index
 from vna.ingest.daemon import IngestDaemon
@@ -28,24 +27,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true", help="drain the drop folders, then exit")
 
 
-def services() -> list[ModuleType]:
-    """Services registered under `vna.services` (each has NAME and serve())."""
-    found = []
-    for entry in sorted(entry_points(group="vna.services"), key=lambda e: e.name):
-        try:
-            found.append(entry.load())
-        except ImportError as exc:
-            logger.error("service %s is not available: %s", entry.name, exc)
-    return found
-
-
 def main(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_index(settings.index.url)
     daemon = IngestDaemon(settings, engine)
     stop = threading.Event()
     threads = []
     if not args.once:
-        for service in services():
+        for service in plugins.load("vna.services"):
             thread = threading.Thread(
                 target=service.serve, args=(settings, engine, stop), name=service.NAME, daemon=True
             )

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dcmtk orthanc orthanc-dicomweb iproute2 postgresql rclone)
+DEBIAN_PACKAGES=(dcmtk orthanc orthanc-dicomweb iproute2 postgresql rclone chromium)
 # Node.js and npm (for Azurite) from Debian only where the machine has none of its own.
 command -v npm >/dev/null || DEBIAN_PACKAGES+=(nodejs npm)
 
@@ -25,6 +25,14 @@ fi
 if [[ ! -x tools/node_modules/.bin/azurite-blob ]]; then
     echo "setup: installing test servers from npm (tools/package.json: azurite)"
     (cd tools && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+OHIF_VERSION=3.13.2
+if [[ ! -f tools/ohif/index.html ]]; then
+    echo "setup: fetching the OHIF viewer's built files (npm @ohif/app@$OHIF_VERSION, dist/ only)"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack "@ohif/app@$OHIF_VERSION" --loglevel=error >/dev/null && tar xzf ohif-app-*.tgz package/dist)
+    rm -rf tools/ohif && mv "$tmp/package/dist" tools/ohif && rm -rf "$tmp"
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from viewer_gateway import audit, qido, rendered, wado_rs, wado_uri
+from viewer_gateway import audit, qido, rendered, viewer, wado_rs, wado_uri
 from viewer_gateway.auth import Principal, authenticate
 from viewer_gateway.media import parse_accept
 from viewer_gateway.metadata import MetadataCache
@@ -347,4 +347,6 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         )
         return Response(data, media_type=ctype)
 
+    if gw.viewer is not None:
+        viewer.mount(app, gw.viewer)  # last: it answers every path the routes above do not
     return app

@@ -164,6 +164,10 @@ class GatewaySettings:
         False, "When a read falls back to a replica, write the verified bytes back to tier 0."
     )
     max_limit: int = _key(1000, "Largest QIDO-RS `limit` accepted.")
+    viewer: Path | None = _key(
+        None,
+        "Folder of a built OHIF viewer (npm @ohif/app's dist/) to serve at /.",
+    )
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     gateway = settings.gateway
     if gateway.audit_log is not None:
         gateway = dataclasses.replace(gateway, audit_log=absolute(gateway.audit_log))
+    if gateway.viewer is not None:
+        gateway = dataclasses.replace(gateway, viewer=absolute(gateway.viewer))
     for i, key in enumerate(gateway.keys):
         if len(key.sha256) != 64 or any(c not in "0123456789abcdef" for c in key.sha256.lower()):
             raise SettingsError(

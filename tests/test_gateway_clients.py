@@ -75,5 +75,12 @@ def test_dicomweb_client_searches_retrieves_and_reads_frames(served: tuple[Archi
     )
     assert frame == originals[sop].PixelData
 
+    jpeg = client.retrieve_instance_rendered(
+        study_uid, series_uid, sop, media_types=("image/jpeg",)
+    )
+    assert jpeg[:3] == b"\xff\xd8\xff"  # a JPEG stream
+    png = client.retrieve_instance_rendered(study_uid, series_uid, sop, media_types=("image/png",))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
     one = client.retrieve_instance(study_uid, series_uid, sop)
     assert one.SOPInstanceUID == sop and one.PixelData == originals[sop].PixelData

@@ -257,7 +257,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         return Response(data, media_type="application/octet-stream")
 
     async def send_rendered(
-        request: Request, study: str, series: str, sop: str | None, frame: int, thumbnail: bool
+        request: Request,
+        study: str,
+        series: str | None,
+        sop: str | None,
+        frame: int,
+        thumbnail: bool,
     ) -> Response:
         accept_types = [r.type for r in parse_accept(request.headers.get("accept"))]
         params = request.query_params
@@ -312,6 +317,10 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     )
     async def thumbnail_series(request: Request, study: Uid, series: Uid, who: Who) -> Response:
         return await send_rendered(request, study, series, None, 1, True)
+
+    @app.get(ROOT + "/studies/{study}/thumbnail", summary="Study thumbnail (PS3.18 10.4)")
+    async def thumbnail_study(request: Request, study: Uid, who: Who) -> Response:
+        return await send_rendered(request, study, None, None, 1, True)
 
     # WADO-URI, PS3.18 9
     @app.get(f"{ROOT}/wado", summary="WADO-URI retrieve (PS3.18 9)")

@@ -138,3 +138,14 @@ def test_unreachable_index_is_exit_code_3(tmp_path: Path) -> None:
     )
     assert proc.returncode == 3, proc.stderr
     assert "index database unreachable" in proc.stderr
+
+
+def test_report_capacity_writes_each_format(tmp_path: Path, index_url: str) -> None:
+    cfg = config(tmp_path, index_url)
+    generate(tmp_path / "drop-a", SampleSpec(instances=2, rows=16, columns=16))
+    vna(cfg, "ingest", "--once")
+    for fmt in ("html", "csv", "json"):
+        out = tmp_path / f"capacity.{fmt}"
+        assert vna(cfg, "report", "capacity", "--format", fmt, "--out", str(out)) == 0
+        assert out.stat().st_size > 100
+    assert json.loads((tmp_path / "capacity.json").read_text())["by_source"]["pacs-a"]["instances"] == 2

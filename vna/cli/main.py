@@ -15,10 +15,20 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from vna import __version__, plugins, settings
-from vna.cli import db, ingest, quarantine, reindex, run, sample, status, verify
+from vna.cli import db, ingest, quarantine, reindex, report, run, sample, status, verify
 from vna.errors import InvalidInput, TargetUnavailable, VnaError
 
-COMMANDS: tuple[ModuleType, ...] = (run, ingest, status, quarantine, verify, reindex, db, sample)
+COMMANDS: tuple[ModuleType, ...] = (
+    run,
+    ingest,
+    status,
+    quarantine,
+    verify,
+    reindex,
+    report,
+    db,
+    sample,
+)
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 

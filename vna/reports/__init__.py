@@ -1,0 +1,1 @@
+"""Reports for storage admins, computed from the index."""

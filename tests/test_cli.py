@@ -148,4 +148,7 @@ def test_report_capacity_writes_each_format(tmp_path: Path, index_url: str) -> N
         out = tmp_path / f"capacity.{fmt}"
         assert vna(cfg, "report", "capacity", "--format", fmt, "--out", str(out)) == 0
         assert out.stat().st_size > 100
-    assert json.loads((tmp_path / "capacity.json").read_text())["by_source"]["pacs-a"]["instances"] == 2
+    assert (
+        json.loads((tmp_path / "capacity.json").read_text())["by_source"]["pacs-a"]["instances"]
+        == 2
+    )

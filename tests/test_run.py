@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import OperationalError
 
 from tests.servers import free_port
 from vna.index import schema
@@ -48,15 +49,18 @@ url = "file://replica"
         time.sleep(1.5)
         generate(tmp_path / "drop" / "export", SampleSpec(instances=5, rows=16, columns=16))
         engine = create_engine(f"sqlite:///{tmp_path}/index.db")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         done = 0
         while time.monotonic() < deadline and done < 5:
             time.sleep(0.2)
-            with engine.connect() as conn:
-                r = schema.replicas
-                done = conn.execute(
-                    select(func.count()).where(r.c.target == "nfs", r.c.state == "verified")
-                ).scalar_one()
+            try:
+                with engine.connect() as conn:
+                    r = schema.replicas
+                    done = conn.execute(
+                        select(func.count()).where(r.c.target == "nfs", r.c.state == "verified")
+                    ).scalar_one()
+            except OperationalError:
+                continue  # vna run has not created the schema yet (a slow start)
         assert done == 5
         assert len(list((tmp_path / "replica" / "studies").rglob("*.dcm"))) == 5
         import json

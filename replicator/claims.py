@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from vna.index import schema
@@ -88,18 +88,27 @@ def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: f
     """Lease up to `limit` copies that are due on `target`."""
     r = schema.replicas
     moment = now()
-    due = or_(
-        and_(r.c.state.in_(("pending", "failed")), r.c.next_attempt_at <= moment),
-        and_(r.c.state == "copying", r.c.claimed_until < moment),
+    cols = (r.c.id, r.c.sop_uid, r.c.path, r.c.digest, r.c.size, r.c.attempts)
+    # Two queries rather than one OR: each is an index range on (target, state, ...), so an
+    # archive of millions of verified copies costs nothing to poll.
+    due = and_(
+        r.c.target == target, r.c.state.in_(("pending", "failed")), r.c.next_attempt_at <= moment
     )
+    orphaned = and_(r.c.target == target, r.c.state == "copying", r.c.claimed_until < moment)
     with write_transaction(engine) as conn:
-        rows = conn.execute(
-            select(r.c.id, r.c.sop_uid, r.c.path, r.c.digest, r.c.size, r.c.attempts)
-            .where(r.c.target == target, due)
-            .order_by(r.c.next_attempt_at, r.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
+        rows = list(
+            conn.execute(
+                select(*cols).where(orphaned).limit(limit).with_for_update(skip_locked=True)
+            ).all()
+        )
+        if len(rows) < limit:
+            rows += conn.execute(
+                select(*cols)
+                .where(due)
+                .order_by(r.c.next_attempt_at, r.c.id)
+                .limit(limit - len(rows))
+                .with_for_update(skip_locked=True)
+            ).all()
         if not rows:
             return []
         conn.execute(

@@ -237,7 +237,10 @@ class Replicator:
         with self.engine.connect() as conn:
             for name in self.lanes:
                 left = conn.execute(
-                    select(func.count()).where(r.c.target == name, r.c.state != "verified")
+                    select(func.count()).where(
+                        r.c.target == name,
+                        r.c.state.in_(("pending", "copying", "failed", "skipped")),
+                    )
                 ).scalar_one()
                 cursor = conn.execute(
                     select(schema.replication_cursors.c.seq).where(

@@ -40,7 +40,9 @@ def collect(settings: Settings, engine: Engine, now: dt.datetime | None = None) 
                 ).where(ch.c.seq > cursor)
             ).one()
             oldest_open = conn.execute(
-                select(func.min(r.c.queued_at)).where(r.c.target == t.name, r.c.state != "verified")
+                select(func.min(r.c.queued_at)).where(
+                    r.c.target == t.name, r.c.state.in_(("pending", "copying", "failed", "skipped"))
+                )
             ).scalar_one()
             candidates = [d for d in (oldest_open, unfed[2]) if d is not None]
             oldest = min(_aware(d) for d in candidates) if candidates else None

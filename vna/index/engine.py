@@ -29,6 +29,9 @@ SCHEMA_HEAD = "0003"
 
 logger = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# The Azure SDK logs every HTTP request and its headers at INFO: one line per request is noise
+# in an admin's log (and costs time), not information.
+logging.getLogger("azure").setLevel(logging.WARNING)
 
 
 def create(url: str) -> Engine:

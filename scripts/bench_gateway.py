@@ -27,15 +27,18 @@ What is measured, each run (`--repeat`, default 3; medians over the runs are rep
 2. Series metadata of the 500-instance series: `--metadata-requests` (20), p50/p95.
 3. Series retrieve (`multipart/related; type="application/dicom"; transfer-syntax=*`),
    streamed and counted, MB/s; beside it, reading our 500 archived files from the
-   layout in one thread. Before it, every file of both servers' storage is read
-   once, so the page cache holds all of them for every contender.
+   layout in one thread (the physical limit), and the same bytes as one file from
+   `python -m http.server` (what plain HTTP moves on this machine, same client).
+   Before it, every file of both servers' storage is read once, so the page cache
+   holds all of them for every contender.
 4. Single frame (`.../frames/1`, octet-stream, `transfer-syntax=*`): `--frame-requests`
    (200) across the instances of the series, p50/p95.
 5. Rendered (`.../rendered`, image/jpeg): `--rendered-requests` (100), p50/p95.
-6. Load: `--load-clients` (50) concurrent clients (asyncio, httpx, one keep-alive
-   connection each) for `--load-seconds` (60), each looping over study search,
-   series search, instance metadata and frame, across every instance of the
-   archive: requests/s, errors, p50/p95; CPU seconds of server and client beside.
+6. Load: `--load-clients` (50) concurrent clients (asyncio, one httpx.AsyncClient
+   with as many keep-alive connections) for `--load-seconds` (60), each looping over
+   study search (OHIF's list),
+   series search (OHIF's), instance metadata and frame 1, across every instance of the
+   archive: requests/s, errors, p50/p95; CPU used by server and client beside.
 7. Memory: `--memory-clients` (10) clients retrieve the big series at once, while
    the server's process tree's RSS is sampled every 50 ms; peak RSS reported.
 Sequential measures use one keep-alive `http.client` connection per server (httpx's
@@ -133,8 +136,9 @@ QIDO_PROBES = (
     "/studies?PatientName=Müller^Hans",
     "/studies?PatientName=müller*",
     "/studies?PatientName=M*",
-    "/studies?PatientName=Smith*",
-    "/studies?PatientName=Sm?th^John",
+    "/studies?PatientName=Nguyen*",
+    "/studies?PatientName=nguyen*",
+    "/studies?PatientName=Ngu?en^Thi",
     "/studies?PatientName=*",
     "/studies?PatientID=P0100000",
     "/studies?00100020=P0100000",
@@ -151,8 +155,8 @@ CHUNK = 1 << 20
 PLAIN_FILE = "series.bin"
 #: Clients reuse a connection only while it was idle less than this: below both servers' idle
 #: timeouts (uvicorn 5 s; Orthanc's CivetWeb 0.5 s), so no request races a server closing an
-#: idle connection (with httpx's default of 5 s, equal to uvicorn's, a few requests per minute
-#: of load failed that way, on both servers).
+#: idle connection (with httpx's default of 5 s, Orthanc answered a few load requests with
+#: "Server disconnected without sending a response").
 KEEPALIVE_REUSE = 0.25
 #: One frame of the sample generator's default image (512x512, 16 bits allocated).
 FRAME_BYTES = 512 * 512 * 2
@@ -276,7 +280,6 @@ class Catalogue:
 
     series_sops: list[str]
     instances: list[tuple[str, str, str]]  # (study, series, sop) of the whole archive
-    studies: list[str]
 
 
 def catalogue(archive: LoadedArchive, data: Dataset) -> Catalogue:
@@ -291,8 +294,7 @@ def catalogue(archive: LoadedArchive, data: Dataset) -> Catalogue:
         conn.close()
     instances = [(str(a), str(b), str(c)) for a, b, c in rows]
     sops = [sop for _st, se, sop in instances if se == data.series]
-    studies = list(dict.fromkeys(st for st, _se, _sop in instances))
-    return Catalogue(sops, instances, studies)
+    return Catalogue(sops, instances)
 
 
 # --------------------------------------------------------------------------- servers
@@ -983,7 +985,7 @@ def report_retrieve(args: argparse.Namespace, results: Results) -> None:
         OURS: "ours, GET .../series/{se}",
         ORTHANC: "Orthanc, GET .../series/{se}",
         PLAIN: "plain HTTP: the same bytes as one file, python -m http.server",
-        DISK: f"read our {args.per_series} archived files of it (1 thread)",
+        DISK: f"read our {args.per_series} archived files (page cache, 1 thread)",
     }
     rows = []
     for server, label in labels.items():
@@ -1058,8 +1060,8 @@ def report_load(args: argparse.Namespace, results: Results) -> None:
 
 def report_memory(args: argparse.Namespace, info: dict[str, str], results: Results) -> None:
     print(
-        f"7. Memory: {args.memory_clients} clients retrieve the series of {info.get('big', '?')} "
-        "at once; peak RSS of the server's process tree, sampled every 50 ms"
+        f"7. Memory: {args.memory_clients} clients retrieve the {info.get('big', '?')} at once; "
+        "peak RSS of the server's process tree, sampled every 50 ms"
     )
     rows = []
     for server in (OURS, ORTHANC):
@@ -1146,7 +1148,7 @@ def measure(args: argparse.Namespace) -> int:
         raise BenchError(f"series {data.series}: {len(cat.series_sops)} instances in our index")
     series_files = archive.series_files(data.study, data.series)
     big_bytes = sum(p.stat().st_size for p in archive.series_files(data.big_study, data.big_series))
-    info["big"] = f"{big_bytes / MB:.0f} MB archived"
+    info["big"] = f"{data.big_count}-instance series ({big_bytes / MB:.0f} MB archived)"
     plain_file = work / "plain" / PLAIN_FILE
     concatenate(series_files, plain_file)
     with contextlib.ExitStack() as stack:

@@ -65,7 +65,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -92,6 +91,7 @@ from peers.gateway import (
     wait_metadata_prepared,
     wait_serving,
 )
+from peers.lifecycle import cleanup, stop_on_sigterm
 from peers.orthanc import (
     DICOMWEB_PLUGIN,
     LOOPBACK,
@@ -1369,21 +1369,13 @@ def benchmark(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 raise KeyboardInterrupt
             return code
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM behaves like Ctrl-C, so every `finally` stops its processes and removes files."""
-    raise KeyboardInterrupt
+        cleanup(work, args.keep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(raw)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         if args.inside:
             if not args.skip_orthanc:

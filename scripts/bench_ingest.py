@@ -61,7 +61,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -73,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from peers.lifecycle import cleanup, stop_on_sigterm
 from peers.orthanc import (
     REQUIRED_TOOLS,
     LoopbackNamespace,
@@ -681,21 +681,9 @@ def benchmark(args: argparse.Namespace) -> None:
         print_report(args, data, {m.key: m for m in methods})
 
 
-def cleanup(work: Path, keep: bool) -> None:
-    if keep:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM behaves like Ctrl-C, so every `finally` stops its processes and removes files."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         if args.orthanc_child:
             assert_loopback_only()

@@ -55,7 +55,6 @@ import importlib.util
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -70,6 +69,7 @@ import psutil
 from bench_ingest import MB, Dataset, PeakMemory, Run, filesystem_of, settle_disk
 from peers import rclone
 from peers.azurite import AzuriteServer, azurite_missing, azurite_version
+from peers.lifecycle import cleanup, stop_on_sigterm
 from peers.orthanc import PeerError
 from peers.ours import OursError, make_warmup, ours_runnable, sqlite_url, wait_ingested, wait_warm
 from peers.replicate import (
@@ -841,21 +841,9 @@ def benchmark(args: argparse.Namespace) -> None:
         print_report(bench)
 
 
-def cleanup(work: Path, keep: bool) -> None:
-    if keep:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM behaves like Ctrl-C, so every `finally` stops its processes and removes files."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         preflight(args)
         benchmark(args)

@@ -189,13 +189,13 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     async def send_metadata(
         request: Request, study: str, series: str | None, sop: str | None
-    ) -> JSONResponse:
+    ) -> Response:
         found = await run_in_threadpool(store.instances, study, series, sop)
         body = await run_in_threadpool(prepared.get, found, base_url(request))
-        return JSONResponse(body, media_type=DICOM_JSON)
+        return Response(body, media_type=DICOM_JSON)
 
     @app.get(ROOT + "/studies/{study}/metadata", summary="Study metadata (PS3.18 10.4)")
-    async def study_metadata(request: Request, study: Uid, who: Who) -> JSONResponse:
+    async def study_metadata(request: Request, study: Uid, who: Who) -> Response:
         return await send_metadata(request, study, None, None)
 
     @app.get(
@@ -206,7 +206,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         study: Uid,
         series: Uid,
         who: Who,
-    ) -> JSONResponse:
+    ) -> Response:
         return await send_metadata(request, study, series, None)
 
     @app.get(
@@ -219,7 +219,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         series: Uid,
         sop: Uid,
         who: Who,
-    ) -> JSONResponse:
+    ) -> Response:
         return await send_metadata(request, study, series, sop)
 
     @app.get(

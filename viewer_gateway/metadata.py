@@ -69,8 +69,11 @@ class MetadataCache:
         self.store = store
         self.engine = engine
 
-    def get(self, found: list[Located], base_url: str) -> list[dict[str, Any]]:
-        """The metadata of `found`, in order, with URLs under `base_url`."""
+    def get(self, found: list[Located], base_url: str) -> bytes:
+        """The metadata of `found` as one DICOM JSON array, URLs under `base_url`.
+
+        The stored JSON is joined as bytes, never parsed and serialized again.
+        """
         m = schema.instance_metadata
         prepared: dict[str, tuple[str, bytes]] = {}
         uids = [i.sop_uid for i in found]
@@ -92,11 +95,9 @@ class MetadataCache:
         fresh = {i.sop_uid: (i.digest, prepare(i, self.store.read(i))) for i in missing}
         _upsert(self.engine, [dict(sop_uid=k, digest=d, json=j) for k, (d, j) in fresh.items()])
         current.update({k: j for k, (_, j) in fresh.items()})
-        out = []
-        for inst in found:
-            text = zlib.decompress(current[inst.sop_uid]).decode().replace(BASE, base_url)
-            out.append(json.loads(text))
-        return out
+        base = json.dumps(base_url)[1:-1].encode()  # as it must appear inside a JSON string
+        items = (zlib.decompress(current[i.sop_uid]).replace(BASE.encode(), base) for i in found)
+        return b"[" + b",".join(items) + b"]"
 
     def catch_up(self, limit: int = 500) -> int:
         """Prepare the instances of the next change-feed rows; return how many were prepared."""

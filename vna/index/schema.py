@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -196,4 +197,46 @@ instance_metadata = Table(
     Column("sop_uid", String(64), primary_key=True),
     Column("digest", String(32), nullable=False),  # of the file it was prepared from
     Column("json", LargeBinary, nullable=False),
+)
+
+# Scheduled jobs (vna.scheduler). APScheduler keeps its job store in `scheduler_jobs`
+# (its own layout, declared here so Alembic owns every table); each run's outcome goes
+# to `job_runs`; `job_state` holds what a job carries from run to run (the verification
+# cursor); `scheduler_lease` lets one scheduler run at a time on an index.
+scheduler_jobs = Table(
+    "scheduler_jobs",
+    metadata,
+    Column("id", String(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("job", String(128), nullable=False),
+    Column("trigger", String(16), nullable=False),  # schedule | manual
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("outcome", String(16), nullable=False),  # running | ok | failed | missed
+    Column("detail", Text, nullable=True),
+    Column("host", String(255), nullable=True),
+    Index("ix_job_runs_job", "job", "started_at"),
+)
+
+job_state = Table(
+    "job_state",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+scheduler_lease = Table(
+    "scheduler_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

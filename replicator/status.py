@@ -9,6 +9,7 @@ from sqlalchemy import Engine, func, select
 
 from vna.cron import CronWindow
 from vna.index import schema
+from vna.index.timestamps import aware
 from vna.settings import Settings
 
 THROUGHPUT_WINDOW = dt.timedelta(minutes=5)
@@ -45,7 +46,7 @@ def collect(settings: Settings, engine: Engine, now: dt.datetime | None = None) 
                 )
             ).scalar_one()
             candidates = [d for d in (oldest_open, unfed[2]) if d is not None]
-            oldest = min(_aware(d) for d in candidates) if candidates else None
+            oldest = min(aware(d) for d in candidates) if candidates else None
             since = moment - THROUGHPUT_WINDOW
             recent = conn.execute(
                 select(func.count(), func.coalesce(func.sum(r.c.size), 0)).where(
@@ -89,8 +90,3 @@ def collect(settings: Settings, engine: Engine, now: dt.datetime | None = None) 
                 "recent_errors": errors,
             }
     return out
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    """SQLite hands datetimes back without their zone; they were written in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -77,6 +77,7 @@ def make_archive(
     sources: list[dict[str, Any]] | None = None,
     targets: list[dict[str, Any]] | None = None,
     replicator: dict[str, Any] | None = None,
+    scheduler: dict[str, Any] | None = None,
     **ingest: Any,
 ) -> Archive:
     """An archive below `base` on index `url`; call again to change its settings."""
@@ -87,6 +88,7 @@ def make_archive(
         "sources": sources if sources is not None else DEFAULT_SOURCES,
         "targets": targets or [],
         "replicator": {"poll_seconds": 0.1, "backoff_max_seconds": 2.0, **(replicator or {})},
+        "scheduler": {"reports": "reports", **(scheduler or {})},
     }
     settings = settings_mod.from_dict(data, base)
     for src in settings.sources:

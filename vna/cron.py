@@ -1,4 +1,4 @@
-"""Time windows written as cron expressions, for replication and scheduled jobs.
+"""Cron expressions, as crontab(5) reads them: windows for replication, times for jobs.
 
 A window is open during every minute whose hour, day-of-month, month and
 day-of-week match the expression. The minute field is ignored, so windows are
@@ -53,6 +53,32 @@ class CronWindow:
         moment = (now or dt.datetime.now(self.timezone)).astimezone(self.timezone)
         fire = self._trigger.get_next_fire_time(None, moment.replace(second=0, microsecond=0))
         return fire  # type: ignore[no-any-return]
+
+
+def cron_trigger(expression: str, timezone: dt.tzinfo | None = None) -> CronTrigger:
+    """When a scheduled job fires, from a 5-field crontab(5) expression.
+
+    APScheduler's own `CronTrigger.from_crontab` counts weekdays from Monday = 0 and
+    rejects wrapping ranges; an admin writes crontab, so the fields are translated
+    here the same way as for windows. `ValueError` with a readable message if wrong.
+    """
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"{expression!r}: a cron expression has 5 fields (minute hour day month weekday)"
+        )
+    minute, hour, day, month, dow = fields
+    try:
+        return CronTrigger(
+            minute=minute,
+            hour=_unwrap(hour, "hour"),
+            day=_unwrap(day, "day"),
+            month=_unwrap(month, "month"),
+            day_of_week=_day_names(dow),
+            timezone=timezone,  # None: APScheduler takes the machine's zone, DST included
+        )
+    except ValueError as exc:
+        raise ValueError(f"{expression!r}: {exc}") from None
 
 
 def _day_names(field: str) -> str:

@@ -14,6 +14,7 @@ import os
 import tomllib
 import types
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,9 +135,41 @@ class TargetSettings:
         "read-back", "read-back (hash what the target returns) or metadata (size and digest)."
     )
     delete: bool = _key(False, "Propagate deletions and remove extra objects on reconciliation.")
+    reconcile: str = _key(
+        "", "When this target is reconciled (cron); empty: the [scheduler] reconcile time."
+    )
     max_delete_share: float = _key(
         0.01,
         "With delete = true: a run that would delete more than this share of the target stops.",
+    )
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    enabled: bool = _key(
+        True, "`vna run` starts the scheduler (a dedicated `vna scheduler` process may instead)."
+    )
+    timezone: str = _key(
+        "", "Time zone of the job times, e.g. 'Europe/Zurich'; empty for the machine's own."
+    )
+    verify: str = _key(
+        "0 2 * * *", "When a share of tier 0 is re-hashed against the index (cron); empty: off."
+    )
+    verify_days: int = _key(
+        30, "Tier 0 is re-hashed in this many verification runs: a 1/N share per run."
+    )
+    reconcile: str = _key(
+        "0 3 * * sun",
+        "When each target is reconciled with the index (cron; a target may set its own); "
+        "empty: off.",
+    )
+    report: str = _key("0 6 * * *", "When the capacity report is written (cron); empty: off.")
+    reports: Path = _key(
+        Path("var/reports"), "Folder of the scheduled reports; the status page links the latest."
+    )
+    keep_reports: int = _key(90, "Dated reports kept per format; older ones are removed.")
+    misfire_grace_seconds: float = _key(
+        6 * 3600.0, "A run missed while the scheduler was down still happens if this late at most."
     )
 
 
@@ -179,6 +212,7 @@ class Settings:
     replicator: ReplicatorSettings = _key(ReplicatorSettings(), "The replicator.")
     targets: list[TargetSettings] = _key([], "One entry per replication target.")
     gateway: GatewaySettings = _key(GatewaySettings(), "The DICOMweb service.")
+    scheduler: SchedulerSettings = _key(SchedulerSettings(), "Scheduled jobs and reports.")
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def source(self, name: str) -> SourceSettings:
@@ -350,6 +384,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             raise SettingsError(
                 f"gateway.keys[{i}].sha256: expected the key's sha256, 64 hex digits"
             )
+    scheduler = _check_scheduler(settings.scheduler, settings.targets)
+    scheduler = dataclasses.replace(scheduler, reports=absolute(scheduler.reports))
     targets = []
     for t in settings.targets:
         if t.url.startswith("file://") and not t.url.startswith("file:///"):
@@ -367,6 +403,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         sources=sources,
         targets=targets,
         gateway=gateway,
+        scheduler=scheduler,
         index=IndexSettings(url=url),
     )
 
@@ -405,6 +442,32 @@ def _check_targets(targets: list[TargetSettings]) -> None:
                 raise SettingsError(f"{where}.window: {exc}") from None
         if not 0 <= t.max_delete_share <= 1:
             raise SettingsError(f"{where}.max_delete_share: must be between 0 and 1")
+
+
+def _check_scheduler(
+    scheduler: SchedulerSettings, targets: list[TargetSettings]
+) -> SchedulerSettings:
+    from vna.cron import cron_trigger
+
+    zone = None
+    if scheduler.timezone:
+        try:
+            zone = zoneinfo.ZoneInfo(scheduler.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise SettingsError(
+                f"scheduler.timezone: {scheduler.timezone!r} is not a known time zone"
+            ) from None
+    times = [(f"scheduler.{k}", getattr(scheduler, k)) for k in ("verify", "reconcile", "report")]
+    times += [(f"targets[{i}].reconcile", t.reconcile) for i, t in enumerate(targets)]
+    for where, expression in times:
+        if expression:
+            try:
+                cron_trigger(expression, zone)
+            except ValueError as exc:
+                raise SettingsError(f"{where}: {exc}") from None
+    if scheduler.verify_days < 1:
+        raise SettingsError("scheduler.verify_days: must be at least 1")
+    return scheduler
 
 
 def _check_keywords(rules: CoercionSettings, where: str) -> None:

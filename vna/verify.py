@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from vna import digest
 from vna.index import schema
@@ -75,18 +75,10 @@ def verify(
                     kind = "orphan-file" if parse_relpath(rel) else "stray-file"
                     yield Problem(kind, rel, "in the layout, not in the index")
                     continue
-                path = layout.path(rel)
-                size = path.stat().st_size
-                if size != row.size:
-                    yield Problem(
-                        "size-mismatch", rel, f"index {row.size} bytes, file {size} bytes"
-                    )
-                    continue
-                if digests:
-                    summary.hashed += 1
-                    actual = digest.of_file(path)
-                    if actual != row.digest:
-                        yield Problem("digest-mismatch", rel, f"index {row.digest}, file {actual}")
+                summary.hashed += digests
+                problem = _check_file(layout, rel, row.size, row.digest if digests else None)
+                if problem is not None:
+                    yield problem
             for rel in sorted(rows):
                 yield Problem("missing-file", rel, "in the index, not in the layout")
 
@@ -100,3 +92,68 @@ def _staging_leftovers(layout: Layout) -> Iterator[Problem]:
             yield Problem(
                 "stale-staging", f"{STAGING}/{d.name}/{f.name}", "left by an interrupted ingest"
             )
+
+
+@dataclass
+class ShareResult:
+    """What one nightly share of tier 0 covered, and where the next one starts."""
+
+    checked: int
+    total: int
+    next_after: int  # the instance id the next share starts after (0: from the beginning)
+    problems: list[Problem]
+
+
+def verify_share(
+    engine: Engine, layout: Layout, after: int, share_of: int, limit_problems: int = 100
+) -> ShareResult:
+    """Re-hash the next 1/`share_of` of the archive's instances, in index order after `after`.
+
+    Going round by instance id (not by date or study) means every instance is
+    checked once per `share_of` runs however the archive grows, and a share
+    that reaches the end carries on from the beginning.
+    """
+    inst = schema.instances
+    with engine.connect() as conn:
+        total = int(conn.execute(select(func.count()).select_from(inst)).scalar_one())
+    quota = -(-total // share_of)  # ceiling: never fall behind
+    checked, cursor = 0, after
+    problems: list[Problem] = []
+    wrapped = False
+    while checked < quota:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(inst.c.id, inst.c.path, inst.c.size, inst.c.digest)
+                .where(inst.c.id > cursor)
+                .order_by(inst.c.id)
+                .limit(min(500, quota - checked))
+            ).all()
+        if not rows:
+            if wrapped or cursor == 0:
+                break
+            cursor, wrapped = 0, True
+            continue
+        for row in rows:
+            checked += 1
+            cursor = row.id
+            problem = _check_file(layout, row.path, row.size, row.digest)
+            if problem is not None and len(problems) < limit_problems:
+                problems.append(problem)
+    return ShareResult(checked, total, cursor, problems)
+
+
+def _check_file(layout: Layout, rel: str, size: int, expected: str | None) -> Problem | None:
+    """Presence and size, and the digest unless `expected` is None (a fast check)."""
+    path = layout.path(rel)
+    try:
+        actual_size = path.stat().st_size
+    except FileNotFoundError:
+        return Problem("missing-file", rel, "in the index, not in the layout")
+    if actual_size != size:
+        return Problem("size-mismatch", rel, f"index {size} bytes, file {actual_size} bytes")
+    if expected is None:
+        return None
+    actual = digest.of_file(path)
+    if actual != expected:
+        return Problem("digest-mismatch", rel, f"index {expected}, file {actual}")
+    return None

@@ -15,7 +15,19 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from vna import __version__, plugins, settings
-from vna.cli import db, ingest, quarantine, reindex, report, run, sample, status, verify
+from vna.cli import (
+    db,
+    ingest,
+    jobs,
+    quarantine,
+    reindex,
+    report,
+    run,
+    sample,
+    scheduler,
+    status,
+    verify,
+)
 from vna.errors import InvalidInput, TargetUnavailable, VnaError
 
 COMMANDS: tuple[ModuleType, ...] = (
@@ -26,6 +38,8 @@ COMMANDS: tuple[ModuleType, ...] = (
     verify,
     reindex,
     report,
+    scheduler,
+    jobs,
     db,
     sample,
 )

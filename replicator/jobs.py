@@ -1,0 +1,73 @@
+"""The replicator's scheduled jobs (entry point group `vna.jobs`).
+
+Per target: `reconcile:NAME` compares the target with the index and queues
+what is missing or wrong; and, for a target with a replication window,
+`replicate:NAME` runs a replication pass each hour the window is open, so a
+site that runs no continuous replicator still gets its copy made in the quiet
+hours. Both share work safely with a running replicator (claims are row locks).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from replicator.daemon import Replicator
+from replicator.reconcile import reconcile, reset_skipped
+from vna.scheduler.jobs import JobBody, JobFailed, JobSpec
+from vna.settings import Settings
+
+
+def jobs(settings: Settings) -> list[JobSpec]:
+    specs = []
+    for t in settings.targets:
+        when = t.reconcile or settings.scheduler.reconcile
+        if when:
+            specs.append(
+                JobSpec(
+                    f"reconcile:{t.name}",
+                    when,
+                    _reconciler(t.name),
+                    f"compare {t.url} with the index and queue what is missing or wrong",
+                )
+            )
+        if t.window:
+            specs.append(
+                JobSpec(
+                    f"replicate:{t.name}",
+                    t.window,
+                    _replicator(t.name),
+                    f"replicate to {t.url} while its window is open",
+                )
+            )
+    return specs
+
+
+def _reconciler(name: str) -> JobBody:
+    def body(settings: Settings, engine: Engine) -> str:
+        target = settings.target(name)
+        drift = reconcile(engine, target)
+        reset_skipped(engine, name)
+        found = (
+            f"missing {len(drift.missing)}, extra {len(drift.extra)}, "
+            f"wrong size {len(drift.wrong_size)}, wrong digest {len(drift.wrong_digest)}"
+        )
+        summary = f"{drift.checked} objects checked; {found}; {drift.requeued} queued for copying"
+        if drift.delete_refused:
+            raise JobFailed(f"{summary}; delete refused: {drift.delete_refused}")
+        return summary if drift.clean else f"drift found and queued for repair: {summary}"
+
+    return body
+
+
+def _replicator(name: str) -> JobBody:
+    def body(settings: Settings, engine: Engine) -> str:
+        replicator = Replicator(settings, engine, targets=[name])
+        complete = replicator.run(once=True)
+        if not complete:
+            raise JobFailed(
+                f"target {name} is not fully verified after this pass "
+                "(window closed, or copies failing: see `vna replicate status`)"
+            )
+        return f"target {name} fully verified"
+
+    return body

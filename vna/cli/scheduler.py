@@ -1,0 +1,30 @@
+"""`vna scheduler`: the scheduler as its own process (instead of inside `vna run`)."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+from vna.cli.ingest import install_stop_handlers
+from vna.index.engine import open_index
+from vna.scheduler.service import Scheduler
+from vna.settings import Settings
+
+NAME = "scheduler"
+HELP = "run scheduled jobs (verification, reconciliation, replication windows, reports)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=60.0,
+        help="how long the scheduler lease lasts unrenewed; a standby takes over after it",
+    )
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    stop = threading.Event()
+    install_stop_handlers(stop.set)
+    Scheduler(settings, open_index(settings.index.url), args.lease_seconds).run(stop)
+    return 0

@@ -1,0 +1,202 @@
+"""The scheduler process: APScheduler with its job store in the index.
+
+Runs from `vna scheduler`, or as a service of `vna run` (entry point group
+`vna.services`). Only the holder of the scheduler lease fires jobs; another
+scheduler on the same index stands by and takes over when the lease lapses.
+Jobs from the configuration are written to the store at start: an unchanged
+job keeps its stored next run time, so a run that fell due while no scheduler
+was running happens at start-up (within `misfire_grace_seconds`, once however
+many were missed) or is recorded as missed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+import weakref
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from sqlalchemy import Engine
+
+from vna.cron import cron_trigger
+from vna.errors import VnaError
+from vna.scheduler import lease, runs
+from vna.scheduler.jobs import JobSpec, configured
+from vna.settings import Settings
+
+NAME = "scheduler"
+STORE_TABLE = "scheduler_jobs"
+logger = logging.getLogger("vna.scheduler")
+
+# The schedulers of this process, for `fire`: the job store keeps a job's callable by
+# reference (module:function), so it cannot hold the settings or the engine itself.
+# Of those, the one holding the lease fires.
+_running: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str  # ok | failed
+    detail: str
+    seconds: float
+
+
+def execute(settings: Settings, engine: Engine, spec: JobSpec, trigger: str) -> Outcome:
+    """Run one job now and record it; a failure is recorded, never raised."""
+    run_id = runs.start(engine, spec.name, trigger)
+    started = time.monotonic()
+    logger.info("job %s started (%s)", spec.name, trigger)
+    try:
+        detail = spec.body(settings, engine)
+        outcome = "ok"
+    except VnaError as exc:
+        outcome, detail = "failed", str(exc)
+    except Exception as exc:  # a broken job must not take the scheduler or the others down
+        logger.exception("job %s crashed", spec.name)
+        outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
+    seconds = time.monotonic() - started
+    runs.finish(engine, run_id, outcome, detail)
+    log = logger.info if outcome == "ok" else logger.error
+    log("job %s %s in %.1f s: %s", spec.name, outcome, seconds, detail)
+    return Outcome(outcome, detail, seconds)
+
+
+def fire(name: str) -> None:
+    """What APScheduler calls when a job falls due."""
+    for scheduler in list(_running):
+        if scheduler.leading:
+            scheduler.fire(name)
+            return
+    logger.error("job %s fell due but this process leads no scheduler", name)
+
+
+def zone_of(settings: Settings) -> dt.tzinfo | None:
+    tz = settings.scheduler.timezone
+    return zoneinfo.ZoneInfo(tz) if tz else None
+
+
+class Scheduler:
+    """`trigger` turns a job into its APScheduler trigger; the default reads its crontab
+    expression (tests pass second-granular triggers to watch many runs in little time)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        lease_seconds: float = 60.0,
+        trigger: Callable[[JobSpec, dt.tzinfo | None], BaseTrigger] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.specs = configured(settings)
+        self._trigger = trigger or (lambda spec, zone: cron_trigger(spec.cron, zone))
+        self.lease_seconds = lease_seconds
+        self.holder = f"{runs.me()}:{uuid.uuid4().hex[:8]}"
+        self.zone = zone_of(settings)
+        self._aps: BackgroundScheduler | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self._aps is not None
+
+    def run(self, stop: threading.Event) -> None:
+        """Schedule while holding the lease, stand by otherwise, until `stop` is set."""
+        _running.add(self)
+        logger.info(
+            "scheduler %s: %d job(s): %s",
+            self.holder,
+            len(self.specs),
+            ", ".join(f"{s.name} [{s.cron}]" for s in self.specs.values()) or "none",
+        )
+        try:
+            while not stop.is_set():
+                if lease.acquire(self.engine, self.holder, self.lease_seconds):
+                    if self._aps is None:
+                        self._start()
+                elif self._aps is not None:
+                    logger.warning("scheduler lease lost; standing by")
+                    self._shutdown()
+                stop.wait(self.lease_seconds / 3)
+        finally:
+            self._shutdown()
+            lease.release(self.engine, self.holder)
+            _running.discard(self)
+
+    def fire(self, name: str) -> None:
+        spec = self.specs.get(name)
+        if spec is None:
+            logger.error("job %s fell due but is no longer configured", name)
+            return
+        execute(self.settings, self.engine, spec, "schedule")
+
+    def _start(self) -> None:
+        stale = runs.interrupt_stale(self.engine)
+        if stale:
+            logger.warning("%d job run(s) of a previous scheduler marked interrupted", stale)
+        aps = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=STORE_TABLE)},
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": int(self.settings.scheduler.misfire_grace_seconds) or None,
+            },
+            timezone=self.zone,
+        )
+        aps.add_listener(self._missed, EVENT_JOB_MISSED)
+        aps.start(paused=True)
+        self._sync(aps)
+        aps.resume()
+        self._aps = aps
+        logger.info("scheduler %s took the lease and is scheduling", self.holder)
+
+    def _sync(self, aps: BackgroundScheduler) -> None:
+        """Bring the store in line with the configuration, keeping unchanged jobs' times."""
+        stored = {job.id: job for job in aps.get_jobs()}
+        for name in sorted(stored.keys() - self.specs.keys()):
+            logger.info("job %s is no longer configured: removed", name)
+            aps.remove_job(name)
+        for name, spec in self.specs.items():
+            signature = f"{spec.cron} ({self.zone or 'local time'})"
+            old = stored.get(name)
+            if old is not None and old.name == signature:
+                continue
+            aps.add_job(
+                fire,
+                trigger=self._trigger(spec, self.zone),
+                args=[name],
+                id=name,
+                name=signature,
+                replace_existing=True,
+            )
+
+    def _missed(self, event: JobExecutionEvent) -> None:
+        runs.missed(self.engine, event.job_id, event.scheduled_run_time)
+        logger.warning(
+            "job %s due at %s was missed (scheduler down longer than the grace time)",
+            event.job_id,
+            event.scheduled_run_time,
+        )
+
+    def _shutdown(self) -> None:
+        if self._aps is not None:
+            self._aps.shutdown(wait=True)
+            self._aps = None
+
+
+def serve(settings: Settings, engine: Engine, stop: threading.Event) -> None:
+    """Run the scheduler until `stop` is set (the `vna run` service)."""
+    if not settings.scheduler.enabled:
+        logger.info("scheduler.enabled = false: `vna run` schedules nothing")
+        return
+    Scheduler(settings, engine).run(stop)

@@ -14,8 +14,8 @@ import sys
 
 from replicator.daemon import Replicator
 from replicator.reconcile import reconcile, reset_skipped
-from replicator.status import collect
 from vna.index.engine import open_index
+from vna.reports.replication import collect
 from vna.settings import Settings, load
 from vna.status import human_bytes
 

@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 
 from replicator.daemon import Replicator
 from replicator.reconcile import reconcile
-from replicator.status import collect
 from tests.conftest import Archive, make_archive
 from vna import digest
 from vna.index import schema
+from vna.reports.replication import collect
 from vna.sample import SampleSpec, generate
 from vna.targets.registry import open_target
 

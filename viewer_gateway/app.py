@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from viewer_gateway import audit, qido, rendered, viewer, wado_rs, wado_uri
+from viewer_gateway import admin, audit, qido, rendered, viewer, wado_rs, wado_uri
 from viewer_gateway.auth import Principal, authenticate
 from viewer_gateway.media import parse_accept
 from viewer_gateway.metadata import MetadataCache
@@ -86,7 +86,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     @app.exception_handler(VnaError)
     async def _vna_error(request: Request, exc: VnaError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        challenge = admin.CHALLENGE if request.url.path.startswith(admin.PREFIX) else "Bearer"
+        headers = {"WWW-Authenticate": challenge} if exc.status == 401 else None
         return JSONResponse(
             {"error": exc.reason, "message": str(exc)}, status_code=exc.status, headers=headers
         )
@@ -356,6 +357,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         )
         return Response(data, media_type=ctype)
 
+    app.include_router(admin.router(settings, engine))
     if gw.viewer is not None:
         viewer.mount(app, gw.viewer)  # last: it answers every path the routes above do not
     return app

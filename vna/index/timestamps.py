@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
+
+from sqlalchemy import ColumnElement, func
 
 
 def aware(value: dt.datetime) -> dt.datetime:
     """SQLite hands datetimes back without their zone; they were written in UTC."""
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def hour_bucket(column: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
+    """`YYYY-MM-DDTHH` of a timestamp column, computed by the database on either backend."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%dT%H", column)
+    return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24')

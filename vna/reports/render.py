@@ -54,7 +54,7 @@ def to_csv(report: CapacityReport) -> str:
     return out.getvalue()
 
 
-def _bars(title: str, items: dict[str, float], unit: str = "bytes") -> str:
+def bar_chart(title: str, items: dict[str, float], unit: str = "bytes") -> str:
     """A horizontal bar chart as inline SVG."""
     if not items:
         return f"<figure><figcaption>{html.escape(title)}</figcaption><p>no data yet</p></figure>"
@@ -68,7 +68,7 @@ def _bars(title: str, items: dict[str, float], unit: str = "bytes") -> str:
     for k, (label, value) in enumerate(items.items()):
         y = 5 + k * row
         w = max(1.0, (width - 260) * value / top)
-        text = human_bytes(value) if unit == "bytes" else f"{value:g}"
+        text = _amount(value, unit)
         parts.append(f'<text x="0" y="{y + 15}" class="label">{html.escape(label[:28])}</text>')
         parts.append(f'<rect x="180" y="{y + 3}" width="{w:.1f}" height="{row - 8}" class="bar"/>')
         parts.append(
@@ -76,6 +76,44 @@ def _bars(title: str, items: dict[str, float], unit: str = "bytes") -> str:
         )
     parts.append("</svg>")
     return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
+
+
+def column_chart(title: str, items: dict[str, float], unit: str = "bytes") -> str:
+    """Vertical columns as inline SVG, for a series over time (oldest on the left)."""
+    if not items:
+        return f"<figure><figcaption>{html.escape(title)}</figcaption><p>no data yet</p></figure>"
+    width, height, left, bottom = 640, 180, 70, 24
+    top = max(items.values()) or 1
+    step = (width - left) / len(items)
+    label_every = max(1, len(items) // 12)
+    parts = [
+        f'<svg role="img" aria-label="{html.escape(title)}" '
+        f'viewBox="0 0 {width} {height}" width="100%">',
+        f'<text x="0" y="12" class="value">{html.escape(_amount(top, unit))}</text>',
+        f'<text x="0" y="{height - bottom}" class="value">0</text>',
+    ]
+    for k, (label, value) in enumerate(items.items()):
+        h = (height - bottom - 10) * value / top
+        x = left + k * step
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{height - bottom - h:.1f}" width="{max(1.0, step - 2):.1f}" '
+            f'height="{max(h, 0.5):.1f}" class="bar"><title>{html.escape(label)}: '
+            f"{html.escape(_amount(value, unit))}</title></rect>"
+        )
+        if k % label_every == 0:
+            parts.append(
+                f'<text x="{x + 1:.1f}" y="{height - 6}" class="label">{html.escape(label)}</text>'
+            )
+    parts.append("</svg>")
+    return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "bytes":
+        return human_bytes(value)
+    if unit == "percent":
+        return f"{value:.1f} %"
+    return f"{value:g}"
 
 
 def _projection(report: CapacityReport) -> str:
@@ -151,7 +189,7 @@ def to_html(report: CapacityReport) -> str:
         for k, v in report.intake_bytes_per_day.items()
     )
     per_target = "".join(
-        _bars(
+        bar_chart(
             f"Verified on {t.name} per month",
             {k: float(v) for k, v in t.monthly_verified_bytes.items()},
         )
@@ -166,11 +204,11 @@ def to_html(report: CapacityReport) -> str:
 <style>{STYLE}</style></head><body>
 <h1>Capacity report</h1><p>Generated {e(report.generated_at)}</p>
 <div class="kpis">{"".join(f'<div class="kpi">{e(k)}<b>{e(v)}</b></div>' for k, v in kpis)}</div>
-<h2>Intake</h2>{_bars("Received per month", _shares(report.by_month))}
+<h2>Intake</h2>{column_chart("Received per month", _shares(report.by_month))}
 <table><tr><th>window</th><th>average intake</th></tr>{intake}</table>
 <h2>Projection</h2>{_projection(report)}
-<h2>Sources</h2>{_bars("Archive size by source PACS", _shares(report.by_source))}
-<h2>Modalities</h2>{_bars("Archive size by modality", _shares(report.by_modality))}
+<h2>Sources</h2>{bar_chart("Archive size by source PACS", _shares(report.by_source))}
+<h2>Modalities</h2>{bar_chart("Archive size by modality", _shares(report.by_modality))}
 <h2>Replication targets</h2>
 <table>{heads}{rows}</table>
 {per_target}

@@ -1,4 +1,8 @@
-"""Per-target replication figures for storage admins: lag, backlog, throughput, errors."""
+"""Per-target replication figures for storage admins: lag, backlog, throughput, errors.
+
+Read from the index alone, so `vna replicate status`, the status page and the
+reports share them without the gateway depending on the replicator.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,71 @@
+"""Admin routes: the status page, its JSON, and the scheduled reports it links.
+
+Admin role only. Besides `Authorization: Bearer <key>`, HTTP Basic with the key
+as password is accepted here, so a storage admin can open the page in a browser
+(which asks for it); reports are served only by their own names from the
+configured reports folder.
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the route parameters'
+# annotations, which name `Admin`, local to `router`.
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from sqlalchemy import Engine
+
+from viewer_gateway import status_page
+from viewer_gateway.auth import Principal, authenticate, require
+from vna.errors import NotFound, Unauthorized
+from vna.reports import files
+from vna.settings import Settings
+
+PREFIX = "/admin"
+CHALLENGE = 'Basic realm="vna admin", charset="UTF-8"'
+MEDIA = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8"}
+
+
+def router(settings: Settings, engine: Engine) -> APIRouter:
+    gw = settings.gateway
+
+    def admin(request: Request) -> Principal:
+        header = request.headers.get("authorization")
+        scheme, _, value = (header or "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                _user, _, key = base64.b64decode(value, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise Unauthorized("malformed Basic credentials") from None
+            header = f"Bearer {key}" if key else None
+        who = authenticate(gw, header)
+        if who.name == "anonymous":
+            raise Unauthorized("the status page needs an admin key")
+        require(who, "admin")
+        request.state.principal = who
+        return who
+
+    Admin = Annotated[Principal, Depends(admin)]
+    r = APIRouter(prefix=PREFIX)
+
+    @r.get("/status", response_class=HTMLResponse)
+    async def status(who: Admin) -> HTMLResponse:
+        data = await run_in_threadpool(status_page.collect, settings, engine)
+        return HTMLResponse(status_page.to_html(data), headers={"Cache-Control": "no-store"})
+
+    @r.get("/status.json")
+    async def status_json(who: Admin) -> JSONResponse:
+        data = await run_in_threadpool(status_page.collect, settings, engine)
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    @r.get("/reports/{name}")
+    async def report(name: str, who: Admin) -> Response:
+        path = files.find(settings.scheduler.reports, name)
+        if path is None:
+            raise NotFound(f"no report named {name!r}")
+        ext = path.suffix.lstrip(".")
+        return FileResponse(path, media_type=MEDIA.get(ext, "application/json"))
+
+    return r

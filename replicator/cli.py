@@ -12,9 +12,12 @@ import os
 import signal
 import sys
 
+from sqlalchemy import Engine
+
 from replicator.daemon import Replicator
-from replicator.reconcile import reconcile, reset_skipped
+from replicator.reconcile import indexed_instances, reconcile, reset_skipped
 from vna.index.engine import open_index
+from vna.progress import Progress
 from vna.reports.replication import collect
 from vna.settings import Settings, load
 from vna.status import human_bytes
@@ -56,7 +59,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         return _reconcile(settings, engine, args)
     config = args.config or os.environ.get("VNA_CONFIG")
     reload = (lambda: load(config)) if config else None
-    replicator = Replicator(settings, engine, args.target, reload=reload)
+    # --once is a person (or a cron job) waiting: progress of any backlog, a bar on a terminal.
+    replicator = Replicator(settings, engine, args.target, reload=reload, progress_bar=args.once)
     signal.signal(signal.SIGTERM, lambda *_: replicator.stop())
     signal.signal(signal.SIGINT, lambda *_: replicator.stop())
     complete = replicator.run(once=args.once, ignore_window=args.ignore_window)
@@ -94,14 +98,22 @@ def _status(settings: Settings, engine: object, args: argparse.Namespace) -> int
     return 0
 
 
-def _reconcile(settings: Settings, engine: object, args: argparse.Namespace) -> int:
+def _reconcile(settings: Settings, engine: Engine, args: argparse.Namespace) -> int:
     dirty = False
+    total = indexed_instances(engine)
     for t in settings.targets:
         if args.target and t.name not in args.target:
             continue
-        drift = reconcile(engine, t, deep=args.deep, dry_run=args.dry_run)  # type: ignore[arg-type]
+        with Progress(f"reconcile {t.name}", total, "instances") as progress:
+            drift = reconcile(
+                engine,
+                t,
+                deep=args.deep,
+                dry_run=args.dry_run,
+                progress=progress.advance_to,
+            )
         if not args.dry_run:
-            reset_skipped(engine, t.name)  # type: ignore[arg-type]
+            reset_skipped(engine, t.name)
         print(
             f"target {t.name}: {drift.checked} objects checked; missing {len(drift.missing)}, "
             f"extra {len(drift.extra)}, wrong size {len(drift.wrong_size)}, "

@@ -5,6 +5,14 @@ on a thread pool of `concurrency` threads (uploads wait on the network, not
 the CPU), record how each ended. A target that is down or throttling is backed
 off from per copy, with jitter; its backlog stays in the index, so nothing is
 lost or counted twice, and a restart resumes where the last run stopped.
+
+Progress: a run counts the instances not yet verified on its targets when it
+starts, and reports copies verified against that count (a bar for a person
+waiting on `vna replicate --once` at a terminal, else log lines every
+`PROGRESS_SECONDS`). The continuous daemon reports only a backlog above
+`LARGE_BACKLOG`, where per-copy lines no longer tell when it will be done; it
+counts again once that many copies were claimed, never per poll, so an idle
+archive still costs one indexed query per target per poll.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, and_, exists, func, select
 
 from replicator.claims import Copy, Result, claim, record, release
 from replicator.copier import copy_one
@@ -28,6 +36,7 @@ from replicator.throttle import Throttle
 from vna.cron import CronWindow
 from vna.index import schema
 from vna.layout import Layout
+from vna.progress import Progress
 from vna.rates import parse_rate
 from vna.settings import Settings, TargetSettings
 from vna.targets.faults import TargetError, backoff
@@ -36,6 +45,9 @@ from vna.targets.target import Target
 
 logger = logging.getLogger("vna.replicator")
 RELOAD_SECONDS = 5.0
+LARGE_BACKLOG = 1000  # copies; below this, the per-copy log lines say enough
+PROGRESS_SECONDS = 10.0
+IDLE_SECONDS = 60.0  # no copy verified for this long: the backlog is worked off or stuck
 
 
 @dataclass
@@ -64,7 +76,10 @@ class Replicator:
         engine: Engine,
         targets: list[str] | None = None,
         reload: Callable[[], Settings] | None = None,
+        progress_bar: bool = False,
+        progress_seconds: float = PROGRESS_SECONDS,
     ) -> None:
+        """`progress_bar`: a person is waiting on this run; show progress of any backlog."""
         self.settings = settings
         self._reload = reload
         self._reloaded_at = time.monotonic()
@@ -84,6 +99,11 @@ class Replicator:
             )
             for t in chosen
         }
+        self._progress_bar = progress_bar
+        self._progress_seconds = progress_seconds
+        self._progress: Progress | None = None
+        self._claimed = 0  # copies claimed since the backlog was last counted
+        self._last_verified = time.monotonic()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -92,6 +112,7 @@ class Replicator:
         """Replicate; with `once`, return True if every target is fully verified."""
         cfg = self.settings.replicator
         try:
+            self._track_backlog(ignore_window)
             while not self.stop_event.is_set():
                 self._maybe_reload()
                 busy = False
@@ -99,6 +120,8 @@ class Replicator:
                     busy |= self._step(lane, ignore_window)
                 if once and not busy and self._settled(max_attempts, ignore_window):
                     break
+                if not once:
+                    self._retrack(busy, ignore_window)
                 if not busy:
                     self.stop_event.wait(cfg.poll_seconds)
         finally:
@@ -106,7 +129,46 @@ class Replicator:
                 lane.pool.shutdown(wait=True, cancel_futures=True)
                 self._collect(lane, block=False)
             release(self.engine, self.worker)
+            self._end_tracking()
         return self._complete() if once else True
+
+    def _track_backlog(self, ignore_window: bool) -> None:
+        """Count what is left to copy where copying may happen now, and follow it if large."""
+        self._claimed = 0
+        lanes = [
+            name
+            for name, lane in self.lanes.items()
+            if ignore_window or not lane.window or lane.window.is_open()
+        ]
+        total = sum(unverified(self.engine, name) for name in lanes)
+        if total > (0 if self._progress_bar else LARGE_BACKLOG):
+            self._progress = Progress(
+                "replicate",
+                total,
+                "copies",
+                interval=self._progress_seconds,
+                bar=None if self._progress_bar else False,
+                log=logger,
+            )
+            self._last_verified = time.monotonic()
+
+    def _retrack(self, busy: bool, ignore_window: bool) -> None:
+        """The daemon: end a followed backlog once worked off; follow a new one when it came."""
+        progress = self._progress
+        if progress is not None:
+            stalled = time.monotonic() - self._last_verified > IDLE_SECONDS
+            if (progress.total is not None and progress.done >= progress.total) or (
+                stalled and not busy
+            ):
+                self._end_tracking()
+        elif self._claimed > LARGE_BACKLOG:
+            self._track_backlog(ignore_window)
+
+    def _end_tracking(self) -> None:
+        self._claimed = 0
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
     def _maybe_reload(self) -> None:
         """Pick up edited windows, bandwidth caps and verification modes without a restart.
@@ -149,9 +211,11 @@ class Replicator:
         room = lane.settings.concurrency * 2 - len(lane.in_flight)
         if room > 0:
             cfg = self.settings.replicator
-            for job in claim(
+            jobs = claim(
                 self.engine, name, self.worker, min(room, cfg.batch_size), cfg.lease_seconds
-            ):
+            )
+            self._claimed += len(jobs)
+            for job in jobs:
                 fut = lane.pool.submit(
                     copy_one,
                     target,
@@ -196,6 +260,9 @@ class Replicator:
             results.append(res)
             if res.state == "verified":
                 lane.copied += 1
+                self._last_verified = time.monotonic()
+                if self._progress is not None:
+                    self._progress.update()
                 lane.uploaded += int(res.uploaded)
                 logger.info(
                     "%-9s target=%s %s",
@@ -251,3 +318,25 @@ class Replicator:
                 if left or (head or 0) > (cursor or 0):
                     return False
         return True
+
+
+def unverified(engine: Engine, target: str) -> int:
+    """Instances in the index without a verified copy of their current content on `target`.
+
+    Counted from the instances, not the change feed: the feed has a row per
+    change, so a replaced file or a reindex would count an instance twice, and
+    work already verified would count again. One anti-join over the instances
+    (the replicas' unique (target, sop_uid) index answers each probe), so it is
+    run when a run starts and after much new work, never per poll.
+    """
+    i, r = schema.instances, schema.replicas
+    copied = exists().where(
+        and_(
+            r.c.target == target,
+            r.c.sop_uid == i.c.sop_uid,
+            r.c.state == "verified",
+            r.c.digest == i.c.digest,
+        )
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(i).where(~copied)).scalar_one())

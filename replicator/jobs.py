@@ -12,7 +12,8 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from replicator.daemon import Replicator
-from replicator.reconcile import reconcile, reset_skipped
+from replicator.reconcile import indexed_instances, reconcile, reset_skipped
+from vna.progress import Progress
 from vna.scheduler.jobs import JobBody, JobFailed, JobSpec
 from vna.settings import Settings
 
@@ -45,7 +46,8 @@ def jobs(settings: Settings) -> list[JobSpec]:
 def _reconciler(name: str) -> JobBody:
     def body(settings: Settings, engine: Engine) -> str:
         target = settings.target(name)
-        drift = reconcile(engine, target)
+        with Progress(f"reconcile {name}", indexed_instances(engine), "instances", bar=False) as p:
+            drift = reconcile(engine, target, progress=p.advance_to)
         reset_skipped(engine, name)
         found = (
             f"missing {len(drift.missing)}, extra {len(drift.extra)}, "

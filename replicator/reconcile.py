@@ -6,6 +6,10 @@ target, not in the index) is only reported, unless the site enabled delete
 propagation, and even then a run that would delete more than
 `max_delete_share` of the target stops before deleting anything.
 Memory holds one study's rows at a time, never the whole listing.
+
+Progress is counted in index rows compared (found on the target or missing
+from it), so a run ends at the number of instances in the index
+(`indexed_instances`) however much extra the target holds.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from replicator.claims import enqueue
 from vna import digest
@@ -32,7 +36,8 @@ logger = logging.getLogger("vna.replicator")
 
 @dataclass
 class Drift:
-    checked: int = 0
+    checked: int = 0  # objects listed on the target
+    compared: int = 0  # index rows looked for on the target
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     wrong_size: list[str] = field(default_factory=list)
@@ -53,7 +58,10 @@ def reconcile(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Drift:
-    """Compare, report and (unless `dry_run`) mend one target."""
+    """Compare, report and (unless `dry_run`) mend one target.
+
+    `progress` is called after each study with the index rows compared so far.
+    """
     target = open_target(settings)
     drift = Drift()
     by_study: dict[str, list[ObjectInfo]] = defaultdict(list)
@@ -72,7 +80,7 @@ def reconcile(
         if current is not None and study != current:
             _compare_study(engine, target, current, by_study.pop(current), drift, deep, dry_run)
             if progress:
-                progress(drift.checked)
+                progress(drift.compared)
         current = study
         listed_studies.add(study)
         by_study[study].append(obj)
@@ -80,9 +88,19 @@ def reconcile(
         _compare_study(engine, target, current, by_study.pop(current), drift, deep, dry_run)
     for study in sorted(studies_in_index - listed_studies):
         _compare_study(engine, target, study, [], drift, deep, dry_run)
+        if progress:
+            progress(drift.compared)
+    if progress:
+        progress(drift.compared)
     if drift.extra and settings.delete and not dry_run:
         _delete_extras(target, settings, drift)
     return drift
+
+
+def indexed_instances(engine: Engine) -> int:
+    """What a reconciliation will compare: the total for its progress."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(schema.instances)).scalar_one())
 
 
 def _indexed_studies(engine: Engine) -> set[str]:
@@ -110,6 +128,7 @@ def _compare_study(
                 .where(st.c.study_uid == study)
             )
         }
+    drift.compared += len(rows)
     requeue = []
     for obj in listed:
         row = rows.pop(obj.path, None)

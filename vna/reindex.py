@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from vna.index import schema
 from vna.index.writer import IndexWriter, InstanceRecord, append_changes, insert_ignoring_conflicts
 from vna.ingest.coerce import read_provenance
 from vna.ingest.prepare import extract
-from vna.layout import Layout, parse_relpath
+from vna.layout import STUDIES, Layout, parse_relpath
 from vna.quarantine import REASON_FILE, Entry, QuarantineStore
 
 logger = logging.getLogger(__name__)
@@ -42,40 +43,64 @@ def reindex(
     quarantine: QuarantineStore,
     progress: Callable[[int], None] | None = None,
 ) -> ReindexReport:
-    """Replace the catalogue tables with what the layout holds; keep history tables."""
+    """Replace the catalogue tables with what the layout holds; keep history tables.
+
+    `progress` is called after each file with the files read so far (indexed
+    or skipped), the unit `count_files` counts in.
+    """
     report = ReindexReport()
     writer = IndexWriter()
     with engine.begin() as conn:
         for table in (schema.instances, schema.series, schema.studies, schema.patients):
             conn.execute(delete(table))
     batch: list[InstanceRecord] = []
-    for rel in layout.walk():
-        entry = parse_relpath(rel)
-        if entry is None:
-            report.problems.append(f"{rel}: not a layout instance path, left alone")
-            continue
-        try:
-            record = _record(layout.path(rel), rel)
-        except part10.DicomFileError as exc:
-            report.problems.append(f"{rel}: {exc.reason}: {exc}")
-            continue
-        claimed = (entry.study_uid, entry.series_uid, entry.sop_uid)
-        actual = (record.attributes["study_uid"], record.attributes["series_uid"], record.sop_uid)
-        if claimed != actual:
-            report.problems.append(f"{rel}: the file's UIDs {actual} do not match its path")
-            continue
-        batch.append(record)
+    for done, rel in enumerate(layout.walk(), start=1):
+        record = _checked_record(layout, rel, report.problems)
+        if record is not None:
+            batch.append(record)
         if len(batch) >= BATCH:
             _flush(engine, writer, batch)
             report.instances += len(batch)
             batch = []
-            if progress:
-                progress(report.instances)
+        if progress:
+            progress(done)
     if batch:
         _flush(engine, writer, batch)
         report.instances += len(batch)
     report.quarantined = _reindex_quarantine(engine, quarantine)
     return report
+
+
+def count_files(layout: Layout) -> int:
+    """The files `reindex` will read, counted first so its progress has a total.
+
+    A walk that only lists folders costs little beside reading and hashing
+    every file, which is what a reindex spends its time on.
+    """
+    return sum(len(files) for _, _, files in os.walk(layout.root / STUDIES))
+
+
+def _checked_record(layout: Layout, rel: str, problems: list[str]) -> InstanceRecord | None:
+    """The file's index record, or None and a line in `problems`.
+
+    A file that fails a check is reported and left where it is: the layout is
+    the source of truth, so what to do with it is a person's decision.
+    """
+    entry = parse_relpath(rel)
+    if entry is None:
+        problems.append(f"{rel}: not a layout instance path, left alone")
+        return None
+    try:
+        record = _record(layout.path(rel), rel)
+    except part10.DicomFileError as exc:
+        problems.append(f"{rel}: {exc.reason}: {exc}")
+        return None
+    claimed = (entry.study_uid, entry.series_uid, entry.sop_uid)
+    actual = (record.attributes["study_uid"], record.attributes["series_uid"], record.sop_uid)
+    if claimed != actual:
+        problems.append(f"{rel}: the file's UIDs {actual} do not match its path")
+        return None
+    return record
 
 
 def _record(path: Path, rel: str) -> InstanceRecord:

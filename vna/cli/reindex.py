@@ -6,8 +6,9 @@ import argparse
 
 from vna.index.engine import open_index
 from vna.layout import Layout
+from vna.progress import Progress
 from vna.quarantine import QuarantineStore
-from vna.reindex import reindex
+from vna.reindex import count_files, reindex
 from vna.settings import Settings
 
 NAME = "reindex"
@@ -22,12 +23,14 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         print("vna reindex replaces every patient, study, series and instance row; add --yes")
         return 2
-    report = reindex(
-        open_index(settings.index.url),
-        Layout(settings.archive.root, settings.archive.fsync),
-        QuarantineStore(settings.archive.quarantine, settings.archive.fsync),
-        progress=lambda n: print(f"  {n} instances indexed", flush=True),
-    )
+    layout = Layout(settings.archive.root, settings.archive.fsync)
+    with Progress("reindex", count_files(layout), "files") as progress:
+        report = reindex(
+            open_index(settings.index.url),
+            layout,
+            QuarantineStore(settings.archive.quarantine, settings.archive.fsync),
+            progress=progress.advance_to,
+        )
     for problem in report.problems:
         print(f"skipped {problem}")
     print(

@@ -152,3 +152,16 @@ def test_report_capacity_writes_each_format(tmp_path: Path, index_url: str) -> N
         json.loads((tmp_path / "capacity.json").read_text())["by_source"]["pacs-a"]["instances"]
         == 2
     )
+
+
+def test_every_service_unit_starts_a_real_command() -> None:
+    from vna.cli.main import build_parser
+
+    units = sorted((Path(__file__).resolve().parent.parent / "etc" / "systemd").glob("*.service"))
+    assert {u.stem for u in units} >= {"vna-ingest", "vna-replicate", "vna-serve", "vna-scheduler"}
+    parser = build_parser()
+    for unit in units:
+        (line,) = [x for x in unit.read_text().splitlines() if x.startswith("ExecStart=")]
+        argv = line.split()[1:]
+        args = parser.parse_args(argv)  # SystemExit (a failure) for an unknown command
+        assert callable(args.handler), unit.name

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Connection, Engine, case, func, select
 
 from vna.index import schema
+from vna.index.timestamps import aware
 from vna.settings import Settings
 
 WINDOWS = (7, 30, 90)
@@ -67,7 +68,7 @@ def build(
 ) -> CapacityReport:
     """Compute the report; `disk` = (total, free) overrides the filesystem (for tests)."""
     moment = now or dt.datetime.now(dt.UTC)
-    i, se, q, r = schema.instances, schema.series, schema.quarantine, schema.replicas
+    i, se, q = schema.instances, schema.series, schema.quarantine
     day = (
         func.date(i.c.received_at)
         if engine.dialect.name == "sqlite"
@@ -104,38 +105,7 @@ def build(
                 select(q.c.reason, func.count()).where(q.c.state == "held").group_by(q.c.reason)
             )
         }
-        targets = []
-        for t in settings.targets:
-            fig = TargetFigures(t.name)
-            verified = r.c.state == "verified"
-            row = conn.execute(
-                select(
-                    func.sum(case((verified, 1), else_=0)),
-                    func.sum(case((verified, r.c.size), else_=0)),
-                    func.sum(case((verified, 0), else_=1)),
-                    func.sum(case((verified, 0), else_=r.c.size)),
-                    func.min(case((verified, None), else_=r.c.queued_at)),
-                ).where(r.c.target == t.name)
-            ).one()
-            fig.verified_instances, fig.verified_bytes = int(row[0] or 0), int(row[1] or 0)
-            fig.backlog_instances, fig.backlog_bytes = int(row[2] or 0), int(row[3] or 0)
-            if row[4] is not None:
-                oldest = row[4] if row[4].tzinfo else row[4].replace(tzinfo=dt.UTC)
-                fig.lag_seconds = round((moment - oldest).total_seconds(), 1)
-            vday = (
-                func.date(r.c.verified_at)
-                if engine.dialect.name == "sqlite"
-                else func.to_char(r.c.verified_at, "YYYY-MM-DD")
-            )
-            monthly: dict[str, int] = defaultdict(int)
-            for d, b in conn.execute(
-                select(vday, func.sum(r.c.size))
-                .where(r.c.target == t.name, verified)
-                .group_by(vday)
-            ):
-                monthly[str(d)[:7]] += int(b or 0)
-            fig.monthly_verified_bytes = dict(sorted(monthly.items()))
-            targets.append(fig)
+        targets = _target_figures(conn, settings, engine.dialect.name, moment)
     intake = {}
     today = moment.date()
     for days in WINDOWS:
@@ -167,6 +137,43 @@ def build(
         targets=targets,
         quarantine_by_reason=dict(sorted(quarantine.items())),
     )
+
+
+def _target_figures(
+    conn: Connection, settings: Settings, dialect: str, moment: dt.datetime
+) -> list[TargetFigures]:
+    """Every target's figures from one scan of `replicas`, grouped by target and day
+    verified (unverified rows fall in one group per target), so a site with many
+    targets does not pay one pass per target."""
+    r = schema.replicas
+    verified = r.c.state == "verified"
+    vday = (
+        func.date(r.c.verified_at)
+        if dialect == "sqlite"
+        else func.to_char(r.c.verified_at, "YYYY-MM-DD")
+    )
+    day = case((verified, vday), else_=None)
+    figures = {t.name: TargetFigures(t.name) for t in settings.targets}
+    monthly: dict[str, dict[str, int]] = {t.name: defaultdict(int) for t in settings.targets}
+    rows = conn.execute(
+        select(r.c.target, day, func.count(), func.sum(r.c.size), func.min(r.c.queued_at))
+        .where(r.c.target.in_(list(figures)))
+        .group_by(r.c.target, day)
+    )
+    for target, d, n, b, oldest in rows:
+        fig = figures[target]
+        if d is None:  # not (yet) verified: the backlog
+            fig.backlog_instances += int(n)
+            fig.backlog_bytes += int(b or 0)
+            lag = round((moment - aware(oldest)).total_seconds(), 1)
+            fig.lag_seconds = max(fig.lag_seconds, lag)
+        else:
+            fig.verified_instances += int(n)
+            fig.verified_bytes += int(b or 0)
+            monthly[target][str(d)[:7]] += int(b or 0)
+    for name, fig in figures.items():
+        fig.monthly_verified_bytes = dict(sorted(monthly[name].items()))
+    return list(figures.values())
 
 
 def _existing(path: Path) -> Path:

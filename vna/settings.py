@@ -471,6 +471,8 @@ def _check_scheduler(
 
 
 def _check_keywords(rules: CoercionSettings, where: str) -> None:
+    if not (rules.set or rules.replace or rules.remove):
+        return  # and pydicom's data dictionary need not be loaded
     from pydicom.datadict import dictionary_VR, tag_for_keyword
 
     for kind, keywords in (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from vna.index.engine import alembic_config, create, upgrade
 from vna.settings import Settings
 
 NAME = "db"
@@ -17,6 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     from alembic import command
+
+    from vna.index.engine import alembic_config, create, upgrade
 
     engine = create(settings.index.url)
     if args.action == "upgrade":

@@ -7,8 +7,6 @@ import signal
 import sys
 from collections.abc import Callable
 
-from vna.index.engine import open_index
-from vna.ingest.daemon import IngestDaemon
 from vna.settings import Settings
 
 NAME = "ingest"
@@ -20,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.ingest.daemon import IngestDaemon
+
     if not settings.sources:
         print("vna ingest: no [[sources]] configured; nothing to watch", file=sys.stderr)
         return 2

@@ -7,10 +7,6 @@ import json
 import sys
 
 from vna.errors import InvalidInput
-from vna.index.engine import open_index
-from vna.scheduler import overview, runs
-from vna.scheduler.jobs import configured
-from vna.scheduler.service import execute
 from vna.settings import Settings
 
 NAME = "jobs"
@@ -30,6 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.scheduler import overview, runs
+    from vna.scheduler.jobs import configured
+    from vna.scheduler.service import execute
+
     engine = open_index(settings.index.url)
     if args.action == "run":
         specs = configured(settings)

@@ -6,8 +6,6 @@ import argparse
 import json
 from dataclasses import asdict
 
-from vna.index.engine import open_index
-from vna.ingest.retry import held, retry
 from vna.settings import Settings
 
 NAME = "quarantine"
@@ -35,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.ingest.retry import held, retry
+
     engine = open_index(settings.index.url)
     entries = held(engine, args.ids, args.source, args.reason)
     if args.action == "list":

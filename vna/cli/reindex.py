@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from vna.index.engine import open_index
-from vna.layout import Layout
-from vna.progress import Progress
-from vna.quarantine import QuarantineStore
-from vna.reindex import count_files, reindex
 from vna.settings import Settings
 
 NAME = "reindex"
@@ -20,6 +15,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.layout import Layout
+    from vna.progress import Progress
+    from vna.quarantine import QuarantineStore
+    from vna.reindex import count_files, reindex
+
     if not args.yes:
         print("vna reindex replaces every patient, study, series and instance row; add --yes")
         return 2

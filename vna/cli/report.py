@@ -6,9 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from vna.index.engine import open_index
-from vna.reports import render
-from vna.reports.capacity import build
 from vna.settings import Settings
 
 NAME = "report"
@@ -22,6 +19,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.reports import render
+    from vna.reports.capacity import build
+
     report = build(settings, open_index(settings.index.url))
     text = {"html": render.to_html, "csv": render.to_csv, "json": render.to_json}[args.format](
         report

@@ -14,8 +14,6 @@ import threading
 
 from vna import plugins
 from vna.cli.ingest import install_stop_handlers
-from vna.index.engine import open_index
-from vna.ingest.daemon import IngestDaemon
 from vna.settings import Settings
 
 NAME = "run"
@@ -28,6 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.ingest.daemon import IngestDaemon
+
     engine = open_index(settings.index.url)
     daemon = IngestDaemon(settings, engine)
     stop = threading.Event()

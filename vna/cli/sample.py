@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vna.sample import SampleSpec, generate
 from vna.settings import Settings
 
 NAME = "sample"
@@ -23,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.sample import SampleSpec, generate
+
     spec = SampleSpec(
         instances=args.instances,
         per_series=args.per_series,

@@ -6,8 +6,6 @@ import argparse
 import threading
 
 from vna.cli.ingest import install_stop_handlers
-from vna.index.engine import open_index
-from vna.scheduler.service import Scheduler
 from vna.settings import Settings
 
 NAME = "scheduler"
@@ -24,6 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.scheduler.service import Scheduler
+
     stop = threading.Event()
     install_stop_handlers(stop.set)
     Scheduler(settings, open_index(settings.index.url), args.lease_seconds).run(stop)

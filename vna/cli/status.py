@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vna.index.engine import open_index
 from vna.settings import Settings
-from vna.status import collect, human_bytes
 
 NAME = "status"
 HELP = "show what the archive holds and what became of the input, per source"
@@ -18,6 +16,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.status import collect, human_bytes
+
     report = collect(open_index(settings.index.url))
     if args.json:
         print(json.dumps(report, indent=2))

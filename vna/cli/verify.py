@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vna.index.engine import open_index
-from vna.layout import Layout
 from vna.settings import Settings
-from vna.verify import Summary, verify
 
 NAME = "verify"
 HELP = "check that layout, index and digests agree (exit 1 and a list when they do not)"
@@ -20,6 +17,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    from vna.index.engine import open_index
+    from vna.layout import Layout
+    from vna.verify import Summary, verify
+
     summary = Summary()
     problems = 0
     layout = Layout(settings.archive.root, settings.archive.fsync)

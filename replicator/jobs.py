@@ -9,10 +9,13 @@ hours. Both share work safely with a running replicator (claims are row locks).
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import Engine
 
-from replicator.daemon import Replicator
+from replicator.daemon import Replicator, unverified
 from replicator.reconcile import indexed_instances, reconcile, reset_skipped
+from vna.cron import CronWindow
 from vna.progress import Progress
 from vna.scheduler.jobs import JobBody, JobFailed, JobSpec
 from vna.settings import Settings
@@ -44,7 +47,7 @@ def jobs(settings: Settings) -> list[JobSpec]:
 
 
 def _reconciler(name: str) -> JobBody:
-    def body(settings: Settings, engine: Engine) -> str:
+    def body(settings: Settings, engine: Engine, stop: threading.Event) -> str:
         target = settings.target(name)
         with Progress(f"reconcile {name}", indexed_instances(engine), "instances", bar=False) as p:
             drift = reconcile(engine, target, progress=p.advance_to)
@@ -62,14 +65,19 @@ def _reconciler(name: str) -> JobBody:
 
 
 def _replicator(name: str) -> JobBody:
-    def body(settings: Settings, engine: Engine) -> str:
+    def body(settings: Settings, engine: Engine, stop: threading.Event) -> str:
         replicator = Replicator(settings, engine, targets=[name])
-        complete = replicator.run(once=True)
-        if not complete:
-            raise JobFailed(
-                f"target {name} is not fully verified after this pass "
-                "(window closed, or copies failing: see `vna replicate status`)"
-            )
-        return f"target {name} fully verified"
+        replicator.stop_event = stop
+        if replicator.run(once=True):
+            return f"target {name} fully verified"
+        left = unverified(engine, name)
+        window = settings.target(name).window
+        if stop.is_set() or (window and not CronWindow(window).is_open()):
+            why = "the scheduler stopped" if stop.is_set() else "the window closed"
+            return f"{why} with {left} instance(s) still to copy to {name}; the next pass goes on"
+        raise JobFailed(
+            f"{left} instance(s) not verified on {name} after this pass with the window open: "
+            "copies are failing (see `vna replicate status`)"
+        )
 
     return body

@@ -24,7 +24,7 @@ from vna.layout import Layout
 from vna.reports import files
 from vna.sample import SampleSpec, generate
 from vna.scheduler import runs
-from vna.scheduler.jobs import JobSpec, configured
+from vna.scheduler.jobs import JobBody, JobSpec, configured
 from vna.scheduler.service import Scheduler
 from vna.settings import Settings
 from vna.verify import verify_share
@@ -66,11 +66,11 @@ def test_a_failing_job_is_recorded_retried_and_does_not_stop_the_others(
     archive = make_archive(tmp_path, index_url)
     calls = {"boom": 0, "tick": 0}
 
-    def boom(settings: Settings, engine: Engine) -> str:
+    def boom(settings: Settings, engine: Engine, stop: threading.Event) -> str:
         calls["boom"] += 1
         raise RuntimeError(f"target unreachable (attempt {calls['boom']})")
 
-    def tick(settings: Settings, engine: Engine) -> str:
+    def tick(settings: Settings, engine: Engine, stop: threading.Event) -> str:
         calls["tick"] += 1
         return f"tick {calls['tick']}"
 
@@ -96,7 +96,7 @@ def test_jobs_survive_a_restart_and_a_due_run_happens_at_start_up(
     archive = make_archive(tmp_path, index_url)
     ran: list[dt.datetime] = []
 
-    def nightly(settings: Settings, engine: Engine) -> str:
+    def nightly(settings: Settings, engine: Engine, stop: threading.Event) -> str:
         ran.append(dt.datetime.now(dt.UTC))
         return "done"
 
@@ -139,7 +139,7 @@ def test_a_run_missed_beyond_the_grace_time_is_recorded_as_missed(
 
     def scheduler() -> Scheduler:
         s = Scheduler(archive.settings, archive.engine, lease_seconds=2, trigger=at_due)
-        s.specs = {"late": JobSpec("late", "late", lambda s, e: "ran", "")}
+        s.specs = {"late": JobSpec("late", "late", lambda s, e, stop: "ran", "")}
         return s
 
     with running(scheduler()):
@@ -156,8 +156,8 @@ def test_only_one_scheduler_leads_and_a_standby_takes_over(tmp_path: Path, index
     archive = make_archive(tmp_path, index_url)
     who: list[str] = []
 
-    def job_of(name: str) -> Callable[[Settings, Engine], str]:
-        def body(settings: Settings, engine: Engine) -> str:
+    def job_of(name: str) -> JobBody:
+        def body(settings: Settings, engine: Engine, stop: threading.Event) -> str:
             who.append(name)
             return name
 
@@ -288,3 +288,49 @@ reports = "{s.scheduler.reports}"
 """
     )
     return path
+
+
+def test_edited_job_times_are_picked_up_without_a_restart(tmp_path: Path, index_url: str) -> None:
+    archive = make_archive(tmp_path, index_url)
+    current = {"settings": archive.settings}
+    scheduler = Scheduler(
+        archive.settings, archive.engine, lease_seconds=1.5, reload=lambda: current["settings"]
+    )
+    with running(scheduler):
+        wait_for(lambda: set(_stored(archive.engine)) == {"verify", "report:capacity"})
+        before = _stored(archive.engine)["verify"]
+        edited = make_archive(tmp_path, index_url, scheduler={"report": "", "verify": "0 4 * * *"})
+        current["settings"] = edited.settings
+        wait_for(lambda: set(_stored(archive.engine)) == {"verify"})
+        wait_for(lambda: _stored(archive.engine)["verify"] != before)
+    after = dt.datetime.fromtimestamp(_stored(archive.engine)["verify"], dt.UTC)
+    local = after.astimezone()
+    assert (local.hour, local.minute) == (4, 0)
+
+
+def _stored(engine: Engine) -> dict[str, float]:
+    store = schema.scheduler_jobs
+    with engine.connect() as conn:
+        return {r.id: r.next_run_time for r in conn.execute(select(store))}
+
+
+def test_replication_window_job_copies_while_open_and_waits_while_closed(
+    tmp_path: Path, index_url: str
+) -> None:
+    hour = dt.datetime.now().hour
+    closed = f"0 {(hour + 3) % 24}-{(hour + 4) % 24} * * *"
+    opened = f"0 {hour}-{(hour + 1) % 24} * * *"
+    target = {"name": "nfs", "url": f"file://{tmp_path}/replica"}
+    archive = make_archive(tmp_path, index_url, targets=[{**target, "window": closed}])
+    generate(archive.drop(), SampleSpec(instances=3, per_series=3, rows=8, columns=8))
+    archive.ingest()
+    stop = threading.Event()
+    body = configured(archive.settings)["replicate:nfs"].body
+    assert body(archive.settings, archive.engine, stop) == (
+        "the window closed with 3 instance(s) still to copy to nfs; the next pass goes on"
+    )
+    assert not (tmp_path / "replica").exists()
+    reopened = make_archive(tmp_path, index_url, targets=[{**target, "window": opened}])
+    body = configured(reopened.settings)["replicate:nfs"].body
+    assert body(reopened.settings, reopened.engine, stop) == "target nfs fully verified"
+    assert len(list((tmp_path / "replica").rglob("*.dcm"))) == 3

@@ -8,6 +8,7 @@ index rows.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,12 @@ class ShareResult:
 
 
 def verify_share(
-    engine: Engine, layout: Layout, after: int, share_of: int, limit_problems: int = 100
+    engine: Engine,
+    layout: Layout,
+    after: int,
+    share_of: int,
+    limit_problems: int = 100,
+    stop: threading.Event | None = None,
 ) -> ShareResult:
     """Re-hash the next 1/`share_of` of the archive's instances, in index order after `after`.
 
@@ -120,7 +126,7 @@ def verify_share(
     checked, cursor = 0, after
     problems: list[Problem] = []
     wrapped = False
-    while checked < quota:
+    while checked < quota and not (stop and stop.is_set()):
         with engine.connect() as conn:
             rows = conn.execute(
                 select(inst.c.id, inst.c.path, inst.c.size, inst.c.digest)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 
+from vna.cli.ingest import install_stop_handlers
 from vna.errors import InvalidInput
 from vna.settings import Settings
 
@@ -39,7 +41,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(
                 f"no job named {args.name!r}; configured: {', '.join(sorted(specs)) or 'none'}"
             )
-        done = execute(settings, engine, spec, "manual")
+        stop = threading.Event()
+        install_stop_handlers(stop.set)
+        done = execute(settings, engine, spec, "manual", stop)
         print(f"{spec.name}: {done.outcome} in {done.seconds:.1f} s: {done.detail}")
         return 0 if done.outcome == "ok" else 1
     if args.action == "history":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 
 from vna.cli.ingest import install_stop_handlers
-from vna.settings import Settings
+from vna.settings import Settings, load
 
 NAME = "scheduler"
 HELP = "run scheduled jobs (verification, reconciliation, replication windows, reports)"
@@ -27,5 +28,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
     stop = threading.Event()
     install_stop_handlers(stop.set)
-    Scheduler(settings, open_index(settings.index.url), args.lease_seconds).run(stop)
+    config = args.config or os.environ.get("VNA_CONFIG")
+    reload = (lambda: load(config)) if config else None
+    Scheduler(settings, open_index(settings.index.url), args.lease_seconds, reload=reload).run(stop)
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ class JobFailed(VnaError):
 
 
 # A job's body: does the work, returns a one-line summary for `job_runs`, raises if it failed.
-JobBody = Callable[[Settings, Engine], str]
+# A long job stops early (and says so) once the event is set: the scheduler is shutting down.
+JobBody = Callable[[Settings, Engine, threading.Event], str]
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def vna_jobs(settings: Settings) -> list[JobSpec]:
 VERIFY_CURSOR = "verify:after"
 
 
-def verify_tier0(settings: Settings, engine: Engine) -> str:
+def verify_tier0(settings: Settings, engine: Engine, stop: threading.Event) -> str:
     """The nightly share of tier 0, continuing where the last run stopped."""
     state = schema.job_state
     with engine.connect() as conn:
@@ -91,11 +93,12 @@ def verify_tier0(settings: Settings, engine: Engine) -> str:
         ).scalar_one_or_none()
     after = int(json.loads(stored)["after"]) if stored else 0
     layout = Layout(settings.archive.root, settings.archive.fsync)
-    result = verify_share(engine, layout, after, settings.scheduler.verify_days)
+    result = verify_share(engine, layout, after, settings.scheduler.verify_days, stop=stop)
     save_state(engine, VERIFY_CURSOR, json.dumps({"after": result.next_after}))
     summary = (
         f"re-hashed {result.checked} of {result.total} instances "
         f"(1/{settings.scheduler.verify_days} per run)"
+        + ("; stopped early, the next run goes on from here" if stop.is_set() else "")
     )
     if result.problems:
         listed = "; ".join(str(p) for p in result.problems[:20])
@@ -107,7 +110,7 @@ def verify_tier0(settings: Settings, engine: Engine) -> str:
     return summary
 
 
-def capacity_report(settings: Settings, engine: Engine) -> str:
+def capacity_report(settings: Settings, engine: Engine, stop: threading.Event) -> str:
     now = dt.datetime.now(dt.UTC)
     report = build(settings, engine, now=now)
     written = files.write(report, settings.scheduler.reports, now, settings.scheduler.keep_reports)

@@ -51,13 +51,15 @@ class Outcome:
     seconds: float
 
 
-def execute(settings: Settings, engine: Engine, spec: JobSpec, trigger: str) -> Outcome:
+def execute(
+    settings: Settings, engine: Engine, spec: JobSpec, trigger: str, stop: threading.Event
+) -> Outcome:
     """Run one job now and record it; a failure is recorded, never raised."""
     run_id = runs.start(engine, spec.name, trigger)
     started = time.monotonic()
     logger.info("job %s started (%s)", spec.name, trigger)
     try:
-        detail = spec.body(settings, engine)
+        detail = spec.body(settings, engine, stop)
         outcome = "ok"
     except VnaError as exc:
         outcome, detail = "failed", str(exc)
@@ -95,8 +97,10 @@ class Scheduler:
         engine: Engine,
         lease_seconds: float = 60.0,
         trigger: Callable[[JobSpec, dt.tzinfo | None], BaseTrigger] | None = None,
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        self._reload = reload
         self.engine = engine
         self.specs = configured(settings)
         self._trigger = trigger or (lambda spec, zone: cron_trigger(spec.cron, zone))
@@ -104,6 +108,7 @@ class Scheduler:
         self.holder = f"{runs.me()}:{uuid.uuid4().hex[:8]}"
         self.zone = zone_of(settings)
         self._aps: BackgroundScheduler | None = None
+        self._halt = threading.Event()  # set when this scheduler stops leading
 
     @property
     def leading(self) -> bool:
@@ -120,6 +125,7 @@ class Scheduler:
         )
         try:
             while not stop.is_set():
+                self._maybe_reload()
                 if lease.acquire(self.engine, self.holder, self.lease_seconds):
                     if self._aps is None:
                         self._start()
@@ -132,12 +138,32 @@ class Scheduler:
             lease.release(self.engine, self.holder)
             _running.discard(self)
 
+    def _maybe_reload(self) -> None:
+        """Pick up edited job times and targets without a restart; a broken file changes
+        nothing (and is reported) until it is fixed."""
+        if self._reload is None:
+            return
+        try:
+            fresh = self._reload()
+            specs = configured(fresh)
+        except VnaError as exc:
+            logger.error("configuration not reloaded, keeping the jobs as they are: %s", exc)
+            return
+        before = {n: s.cron for n, s in self.specs.items()}
+        if {n: s.cron for n, s in specs.items()} == before and zone_of(fresh) == self.zone:
+            self.settings = fresh
+            return
+        logger.info("configuration changed: jobs now %s", ", ".join(sorted(specs)) or "none")
+        self.settings, self.specs, self.zone = fresh, specs, zone_of(fresh)
+        if self._aps is not None:
+            self._sync(self._aps)
+
     def fire(self, name: str) -> None:
         spec = self.specs.get(name)
         if spec is None:
             logger.error("job %s fell due but is no longer configured", name)
             return
-        execute(self.settings, self.engine, spec, "schedule")
+        execute(self.settings, self.engine, spec, "schedule", self._halt)
 
     def _start(self) -> None:
         stale = runs.interrupt_stale(self.engine)
@@ -153,6 +179,7 @@ class Scheduler:
             },
             timezone=self.zone,
         )
+        self._halt = threading.Event()
         aps.add_listener(self._missed, EVENT_JOB_MISSED)
         aps.start(paused=True)
         self._sync(aps)
@@ -190,6 +217,7 @@ class Scheduler:
 
     def _shutdown(self) -> None:
         if self._aps is not None:
+            self._halt.set()  # running jobs wind down; shutdown waits for them
             self._aps.shutdown(wait=True)
             self._aps = None
 

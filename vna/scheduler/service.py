@@ -194,7 +194,7 @@ class Scheduler:
             logger.info("job %s is no longer configured: removed", name)
             aps.remove_job(name)
         for name, spec in self.specs.items():
-            signature = f"{spec.cron} ({self.zone or 'local time'})"
+            signature = f"{name} [{spec.cron}, {self.zone or 'local time'}]"
             old = stored.get(name)
             if old is not None and old.name == signature:
                 continue

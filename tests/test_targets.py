@@ -74,3 +74,97 @@ def test_missing_object_reads_as_skip(target_config: dict[str, Any]) -> None:
     with pytest.raises(TargetError) as err:
         target.open(REL).read()
     assert err.value.kind is Kind.SKIP
+
+
+def test_large_object_is_streamed_both_ways(
+    target_config: dict[str, Any], tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Too big for memory: a committed multipart / block list upload that still carries the
+    digest, read back piece by piece as the caller asks."""
+    import vna.targets.objectstore as ft
+
+    monkeypatch.setattr(ft, "SINGLE_PUT_MAX", 1024)
+    monkeypatch.setattr(ft, "CHUNK", 1024)
+    target = target_of(target_config)
+    data = bytes(range(256)) * 40
+    local = tmp_path / "big.dcm"
+    local.write_bytes(data)
+    d = digest.of_bytes(data)
+
+    target.put(REL, local, d, len(data), io.BytesIO(data))
+
+    info = target.stat(REL)
+    assert info is not None and info.size == len(data)
+    if target.capabilities.metadata:
+        assert info.digest == d
+    with target.open(REL) as fh:
+        assert fh.read(1000) == data[:1000]
+        assert fh.read() == data[1000:]
+    with target.open(REL) as fh:
+        assert digest.of_stream(fh) == d
+
+
+@pytest.mark.parametrize("kind", ["azure", "s3"])
+def test_each_call_of_a_small_copy_is_one_request(
+    kind: str, request: pytest.FixtureRequest, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A copy is stat, put, then stat or read-back: each one round trip, the put carrying
+    the digest, so replicating many small instances is bound by requests, not by extras."""
+    from tests.servers import FlakyProxy
+
+    server = request.getfixturevalue("azurite" if kind == "azure" else "moto_s3")
+    proxy = FlakyProxy(server.port, failures=0)  # counts what reaches the server
+    try:
+        if kind == "azure":
+            endpoint = server.connection_string.replace(f":{server.port}/", f":{proxy.port}/")
+            config = {
+                "url": f"az://{server.new_container()}/site-1",
+                "storage_options": {"connection_string": endpoint},
+            }
+        else:
+            config = {
+                "url": f"s3://{server.new_bucket()}/site-1",
+                "storage_options": server.storage_options(proxy.port),
+            }
+        target = target_of({"name": kind, **config})
+        data = bytes(range(256)) * 400
+        d = digest.of_bytes(data)
+
+        def requests(call: Any) -> int:
+            before = proxy.forwarded
+            call()
+            return proxy.forwarded - before
+
+        assert requests(lambda: target.stat(REL)) == 1  # missing: no "folder" probe
+        assert requests(lambda: target.put(REL, tmp_path, d, len(data), io.BytesIO(data))) == 1
+        assert requests(lambda: target.stat(REL)) == 1
+        info = target.stat(REL)
+        assert info is not None and info.digest == d  # the metadata came with that one put
+
+        def read_back() -> None:
+            with target.open(REL) as fh:
+                assert digest.of_stream(fh) == d
+
+        assert requests(read_back) == 1
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["azure", "s3"])
+def test_missing_bucket_is_fatal(kind: str, request: pytest.FixtureRequest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Retrying or skipping copy after copy would not bring the bucket back."""
+    from vna.targets.faults import Kind
+
+    server = request.getfixturevalue("azurite" if kind == "azure" else "moto_s3")
+    scheme = "az" if kind == "azure" else "s3"
+    target = target_of(
+        {
+            "name": kind,
+            "url": f"{scheme}://nosuchbucket/site-1",
+            "storage_options": server.storage_options(),
+        }
+    )
+    data = b"x" * 100
+    with pytest.raises(TargetError) as err:
+        target.put(REL, tmp_path, digest.of_bytes(data), len(data), io.BytesIO(data))
+    assert err.value.kind is Kind.FATAL

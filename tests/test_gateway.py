@@ -380,3 +380,199 @@ def test_metadata_is_prepared_from_the_change_feed_not_per_request(loaded: Archi
     assert fwd[0]["7FE00010"]["BulkDataURI"].startswith(
         "https://viewer.example.org/pacs/dicomweb/studies/"
     )
+
+
+def test_study_counts_and_modalities_come_from_every_series_in_series_order(
+    tmp_path: Path, index_url: str
+) -> None:
+    import datetime as dt
+
+    from sqlalchemy import insert, select
+
+    from vna.index import schema
+
+    archive = make_archive(tmp_path, index_url)
+    study, series, _ = uids()
+    for rel, ds in datasets(SPEC):
+        if ds.SeriesInstanceUID == series[1]:
+            ds.Modality = "MR"
+        (archive.drop() / rel).parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(archive.drop() / rel, enforce_file_format=True)
+    archive.ingest()
+    with archive.engine.begin() as conn:  # a series left without instances
+        study_pk = conn.execute(
+            select(schema.studies.c.id).where(schema.studies.c.study_uid == study)
+        ).scalar_one()
+        conn.execute(
+            insert(schema.series).values(
+                series_uid="1.2.3.4",
+                study_pk=study_pk,
+                modality="SR",
+                created_at=dt.datetime.now(dt.UTC),
+            )
+        )
+
+    (found,) = client(archive).get("/dicomweb/studies").json()
+
+    assert found["00080061"]["Value"] == ["CT", "MR", "SR"]  # ModalitiesInStudy, series order
+    assert value(found, "00201206") == 2  # NumberOfStudyRelatedSeries: those with instances
+    assert value(found, "00201208") == 6  # NumberOfStudyRelatedInstances
+    (empty,) = [
+        s
+        for s in client(archive).get(f"/dicomweb/studies/{study}/series").json()
+        if value(s, "0020000E") == "1.2.3.4"
+    ]
+    assert value(empty, "00201209") == 0  # NumberOfSeriesRelatedInstances
+
+
+def test_audit_log_records_streamed_and_failed_requests_once_they_end(
+    loaded: Archive, tmp_path: Path
+) -> None:
+    import json
+
+    log = tmp_path / "audit.jsonl"
+    c = client(loaded, audit_log=log, allow_anonymous=False)
+    study, series, _ = uids()
+    base = f"/dicomweb/studies/{study}/series/{series[0]}"
+    c.get(base)  # 401: no credentials
+    c = client(
+        loaded,
+        audit_log=log,
+        allow_anonymous=False,
+        keys=[{"name": "ohif", "sha256": hash_key("k")}],
+    )
+    r = c.get(
+        base,
+        headers={"Authorization": "Bearer k", "Accept": OCTETS.replace("octet-stream", "dicom")},
+    )
+    assert r.status_code == 200 and len(parts(r)) == 3
+    c.options(base)  # not patient data: not audited
+    c.get("/not-dicomweb")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["who"], x["method"], x["resource"], x["status"]) for x in lines] == [
+        ("-", "GET", base, 401),
+        ("ohif", "GET", base, 200),
+    ]
+    assert all(x["client"] and x["at"] for x in lines)
+
+
+def test_retrieve_as_stored_says_its_length_and_a_converted_one_does_not(
+    tmp_path: Path,
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    archive = make_archive(tmp_path, f"sqlite:///{tmp_path}/index.db")
+    generate(archive.drop(), SPEC)
+    (archive.drop() / "j2k.dcm").write_bytes(Path(get_testdata_file("JPEG2000.dcm")).read_bytes())
+    archive.ingest()
+    c = client(archive)
+    study, _, _ = uids()
+    as_stored = "multipart/related; type=application/dicom; transfer-syntax=*"
+    stored = c.get(f"/dicomweb/studies/{study}", headers={"Accept": as_stored})
+    assert int(stored.headers["content-length"]) == len(stored.content)
+    assert len(parts(stored)) == 6
+    evle = c.get(
+        f"/dicomweb/studies/{study}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'},
+    )
+    assert int(evle.headers["content-length"]) == len(evle.content)  # stored as EVLE: as is
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    converted = c.get(
+        f"/dicomweb/studies/{ds.StudyInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'},
+    )
+    assert converted.status_code == 200 and "content-length" not in converted.headers
+    ((_, body),) = parts(converted)
+    assert pydicom.dcmread(io.BytesIO(body)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+def test_retrieve_in_batches_is_the_same_multipart(
+    loaded: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from viewer_gateway import wado_rs
+
+    study, _, sops = uids()
+    monkeypatch.setattr(wado_rs, "BATCH_BYTES", 1)  # one instance per batch
+    r = client(loaded).get(
+        f"/dicomweb/studies/{study}",
+        headers={"Accept": "multipart/related; type=application/dicom; transfer-syntax=*"},
+    )
+    assert int(r.headers["content-length"]) == len(r.content)
+    got = [pydicom.dcmread(io.BytesIO(body)).SOPInstanceUID for _, body in parts(r)]
+    assert sorted(got) == sorted(sops)
+
+
+def test_a_single_frame_is_one_plain_response(loaded: Archive) -> None:
+    study, series, _ = uids()
+    sop = next(ds.SOPInstanceUID for _, ds in datasets(SPEC) if ds.SeriesInstanceUID == series[0])
+    r = client(loaded).get(
+        f"/dicomweb/studies/{study}/series/{series[0]}/instances/{sop}/frames/1",
+        headers={"Accept": OCTETS},
+    )
+    assert r.status_code == 200 and int(r.headers["content-length"]) == len(r.content)
+    ((ctype, body),) = parts(r)
+    assert ctype == "application/octet-stream" and len(body) == 32 * 32 * 2
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("CT_small.dcm", {}),  # rescale, window from the data's range
+        ("MR_small.dcm", {}),  # window from the file
+        ("CT_small.dcm", {"PhotometricInterpretation": "MONOCHROME1"}),
+        ("CT_small.dcm", {"modality_lut": True}),
+    ],
+)
+def test_rendering_through_a_lookup_table_equals_rendering_each_pixel(
+    name: str, change: dict[str, Any]
+) -> None:
+    import numpy as np
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import Dataset
+    from pydicom.pixels.processing import apply_modality_lut
+
+    from viewer_gateway import rendered
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    if change.pop("modality_lut", False):
+        item = Dataset()
+        item.LUTDescriptor = [256, 0, 16]
+        item.LUTData = [k * 7 % 4096 for k in range(256)]  # not monotonic
+        ds.ModalityLUTSequence = [item]
+    for keyword, new in change.items():
+        setattr(ds, keyword, new)
+    pixels = ds.pixel_array
+    mono1 = ds.PhotometricInterpretation == "MONOCHROME1"
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    for window in (None, (40.0, 400.0), (1000.0, 1.0)):
+        chosen = window or rendered._file_window(ds) or rendered._range_window(values)
+        expected = rendered._windowed(values, chosen, mono1)
+        got = np.asarray(rendered._to_image(ds, pixels, window))
+        assert np.array_equal(got, expected), (name, change, window)
+
+
+def test_gateway_engine_pools_a_connection_per_worker_thread_with_the_index_settings(
+    index_url: str,
+) -> None:
+    from sqlalchemy import text
+
+    from viewer_gateway.engine import SQLITE_CACHE_KIB, WORKER_THREADS, gateway_engine
+    from vna.index.engine import open_index, write_transaction
+
+    index = open_index(index_url)
+    engine = gateway_engine(index)
+    try:
+        assert engine is not index and engine.pool.size() == WORKER_THREADS  # type: ignore[attr-defined]
+        if engine.dialect.name == "sqlite":
+            pragmas = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "cache_size")
+            settings = []
+            for e in (index, engine):
+                with e.connect() as conn:
+                    settings.append([conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in pragmas])
+            assert settings[0][:-1] == settings[1][:-1]
+            assert settings[1][-1] == -SQLITE_CACHE_KIB  # the one difference (engine.py)
+        with write_transaction(engine) as conn:  # BEGIN IMMEDIATE on SQLite
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+        index.dispose()

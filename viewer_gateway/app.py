@@ -6,9 +6,11 @@ message in `_vna_error`; anything unexpected is a 500 that shows no internals.
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from viewer_gateway import admin, audit, qido, rendered, viewer, wado_rs, wado_uri
 from viewer_gateway.auth import Principal, authenticate
+from viewer_gateway.engine import WORKER_THREADS
 from viewer_gateway.media import parse_accept
 from viewer_gateway.metadata import MetadataCache
 from viewer_gateway.tiers import InstanceStore
@@ -34,13 +37,26 @@ QueryUid = Annotated[str, Query(pattern=UID_PATTERN, max_length=64)]
 DICOM_JSON = "application/dicom+json"
 
 
+@asynccontextmanager
+async def _worker_threads(app: FastAPI) -> AsyncIterator[None]:
+    """As many worker threads as the gateway's engine pools connections (engine.py)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+    yield
+
+
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
     """The ASGI application for one archive."""
     gw = settings.gateway
     store = InstanceStore(settings, engine)
     prepared = MetadataCache(store, engine)
     audit.configure(gw.audit_log)
-    app = FastAPI(title="vna DICOMweb", version="0.1", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="vna DICOMweb",
+        version="0.1",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=_worker_threads,
+    )
     app.state.metadata = prepared  # its `run` keeps metadata prepared (see service.py)
     if gw.cors_origins:
         app.add_middleware(
@@ -52,7 +68,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             max_age=600,
         )
 
-    def principal(request: Request) -> Principal:
+    async def principal(request: Request) -> Principal:  # async: cheap, no thread hop
         who = authenticate(gw, request.headers.get("authorization"))
         request.state.principal = who
         return who
@@ -67,22 +83,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         prefix = request.headers.get("x-forwarded-prefix", "").rstrip("/")
         return f"{proto}://{host.split(',')[0].strip()}{prefix}{ROOT}"
 
-    @app.middleware("http")
-    async def audit_trail(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        if request.url.path.startswith(ROOT) and request.method != "OPTIONS":
-            who = getattr(request.state, "principal", None)
-            client = request.client.host if request.client else "-"
-            audit.record(
-                who.name if who else "-",
-                client,
-                request.method,
-                str(request.url.path),
-                response.status_code,
-            )
-        return response
+    # Pure ASGI (see audit.py): no per-request task, streamed bodies pass straight through.
+    app.add_middleware(audit.AuditMiddleware, root=ROOT)
 
     @app.exception_handler(VnaError)
     async def _vna_error(request: Request, exc: VnaError) -> JSONResponse:
@@ -158,9 +160,16 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         request: Request, study: str, series: str | None, sop: str | None
     ) -> StreamingResponse:
         accept = parse_accept(request.headers.get("accept"))
-        found = await run_in_threadpool(store.instances, study, series, sop)
-        ctype, body = wado_rs.retrieve(store, found, accept)
-        return StreamingResponse(body, media_type=ctype)
+
+        def plan() -> wado_rs.Retrieval:  # one worker-thread hop: the lookup and first batch
+            return wado_rs.retrieve(store, store.instances(study, series, sop), accept)
+
+        retrieval = await run_in_threadpool(plan)
+        length = retrieval.length
+        headers = {"Content-Length": str(length)} if length is not None else None
+        return StreamingResponse(
+            retrieval.body(), media_type=retrieval.content_type, headers=headers
+        )
 
     @app.get(ROOT + "/studies/{study}", summary="Retrieve a study (PS3.18 10.4)")
     async def retrieve_study(request: Request, study: Uid, who: Who) -> StreamingResponse:
@@ -191,9 +200,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     async def send_metadata(
         request: Request, study: str, series: str | None, sop: str | None
     ) -> Response:
-        found = await run_in_threadpool(store.instances, study, series, sop)
-        body = await run_in_threadpool(prepared.get, found, base_url(request))
-        return Response(body, media_type=DICOM_JSON)
+        base = base_url(request)
+
+        def prepared_json() -> bytes:
+            return prepared.get(store.instances(study, series, sop), base)
+
+        return Response(await run_in_threadpool(prepared_json), media_type=DICOM_JSON)
 
     @app.get(ROOT + "/studies/{study}/metadata", summary="Study metadata (PS3.18 10.4)")
     async def study_metadata(request: Request, study: Uid, who: Who) -> Response:
@@ -234,11 +246,17 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         sop: Uid,
         frames: Annotated[str, Path(pattern=r"^[0-9]+(,[0-9]+)*$", max_length=200)],
         who: Who,
-    ) -> StreamingResponse:
+    ) -> Response:
         accept = parse_accept(request.headers.get("accept"))
         numbers = wado_rs.parse_frames(frames)
-        (inst,) = await run_in_threadpool(store.instances, study, series, sop)
-        ctype, body = await run_in_threadpool(wado_rs.frames, store, inst, numbers, accept)
+
+        def frames_of() -> tuple[str, bytes | Iterator[bytes]]:
+            (inst,) = store.instances(study, series, sop)
+            return wado_rs.frames(store, inst, numbers, accept)
+
+        ctype, body = await run_in_threadpool(frames_of)
+        if isinstance(body, bytes):  # small: one plain response
+            return Response(body, media_type=ctype)
         return StreamingResponse(body, media_type=ctype)
 
     @app.get(
@@ -253,9 +271,11 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         tag: Annotated[str, Path(pattern=r"^[0-9A-Fa-f]{8}$")],
         who: Who,
     ) -> Response:
-        (inst,) = await run_in_threadpool(store.instances, study, series, sop)
-        data = await run_in_threadpool(wado_rs.bulkdata, store, inst, tag)
-        return Response(data, media_type="application/octet-stream")
+        def bulk() -> bytes:
+            (inst,) = store.instances(study, series, sop)
+            return wado_rs.bulkdata(store, inst, tag)
+
+        return Response(await run_in_threadpool(bulk), media_type="application/octet-stream")
 
     async def send_rendered(
         request: Request,
@@ -274,11 +294,13 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         )
         if thumbnail and options.viewport is None:
             options = rendered.Options(options.media_type, 80, options.window, rendered.THUMBNAIL)
-        found = await run_in_threadpool(store.instances, study, series, sop)
-        inst = found[len(found) // 2]  # a series thumbnail shows its middle instance
-        data = await run_in_threadpool(store.read, inst)
-        image = await run_in_threadpool(rendered.render, data, frame, options)
-        return Response(image, media_type=options.media_type)
+
+        def image() -> bytes:  # one worker-thread hop for the lookup, the read and the render
+            found = store.instances(study, series, sop)
+            inst = found[len(found) // 2]  # a series thumbnail shows its middle instance
+            return rendered.render(store.read(inst), frame, options)
+
+        return Response(await run_in_threadpool(image), media_type=options.media_type)
 
     @app.get(
         ROOT + "/studies/{study}/series/{series}/instances/{sop}/rendered",
@@ -340,21 +362,20 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         columns: Annotated[int | None, Query(ge=1, le=4096)] = None,
         imageQuality: Annotated[int | None, Query(ge=1, le=100)] = None,
     ) -> Response:
-        (inst,) = await run_in_threadpool(store.instances, studyUID, seriesUID, objectUID)
         window = (
             f"{windowCenter},{windowWidth}" if windowCenter is not None and windowWidth else None
         )
         viewport = f"{columns or rows},{rows or columns}" if rows or columns else None
         quality = str(imageQuality) if imageQuality else None
-        data, ctype = await run_in_threadpool(
-            wado_uri.retrieve,
-            store,
-            inst,
-            requestType,
-            contentType,
-            transferSyntax,
-            (window, viewport, quality),
-        )
+
+        def answer() -> tuple[bytes, str]:
+            (inst,) = store.instances(studyUID, seriesUID, objectUID)
+            rendering = (window, viewport, quality)
+            return wado_uri.retrieve(
+                store, inst, requestType, contentType, transferSyntax, rendering
+            )
+
+        data, ctype = await run_in_threadpool(answer)
         return Response(data, media_type=ctype)
 
     app.include_router(admin.router(settings, engine))

@@ -21,8 +21,13 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from viewer_gateway.app import create_app
+    from viewer_gateway.engine import gateway_engine
 
-    app = create_app(settings, open_index(settings.index.url))
+    index = open_index(settings.index.url)
+    engine = gateway_engine(index)
+    if engine is not index:
+        index.dispose()  # it only checked the URL and migrated
+    app = create_app(settings, engine)
     stop = threading.Event()
     threading.Thread(
         target=app.state.metadata.run, args=(stop,), name="metadata", daemon=True
@@ -35,4 +40,5 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         proxy_headers=False,
     )
     stop.set()
+    engine.dispose()
     return 0

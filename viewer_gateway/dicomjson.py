@@ -6,6 +6,7 @@ dictionary from the keywords of `vna.attributes`.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -13,8 +14,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 _NUMERIC = {"IS", "US", "UL", "SS", "SL", "DS", "FL", "FD", "UV", "SV"}
 
 
+@cache
 def tag_hex(keyword: str) -> str:
-    """'StudyInstanceUID' -> '0020000D'."""
+    """'StudyInstanceUID' -> '0020000D' (remembered: a search writes the same few per row)."""
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise KeyError(keyword)
@@ -23,10 +25,20 @@ def tag_hex(keyword: str) -> str:
 
 def element(keyword: str, value: Any) -> tuple[str, dict[str, Any]]:
     """One DICOM JSON attribute; an empty value is written without "Value", as F.2.5 asks."""
-    vr = dictionary_VR(keyword)
+    return tag_hex(keyword), attribute(vr_of(keyword), value)
+
+
+@cache
+def vr_of(keyword: str) -> str:
+    """The keyword's VR from pydicom's dictionary (remembered, as `tag_hex`)."""
+    return str(dictionary_VR(keyword))
+
+
+def attribute(vr: str, value: Any) -> dict[str, Any]:
+    """The JSON object of one attribute of `vr` holding `value` (`element` without the tag)."""
     out: dict[str, Any] = {"vr": vr}
     if value is None or value == "" or value == []:
-        return tag_hex(keyword), out
+        return out
     values = (
         value
         if isinstance(value, list)
@@ -40,7 +52,7 @@ def element(keyword: str, value: Any) -> tuple[str, dict[str, Any]]:
         out["Value"] = [_number(v) for v in values]
     else:
         out["Value"] = values
-    return tag_hex(keyword), out
+    return out
 
 
 def _number(value: Any) -> int | float:

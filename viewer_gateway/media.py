@@ -101,12 +101,24 @@ class Multipart:
         self.boundary = uuid.uuid4().hex
         self.content_type = f'multipart/related; type="{part_type}"; boundary={self.boundary}'
 
-    def part(self, body: bytes, content_type: str, location: str | None = None) -> bytes:
+    def head(self, length: int, content_type: str, location: str | None = None) -> bytes:
+        """The delimiter and headers of a part whose body of `length` bytes follows (then CRLF)."""
         head = f"--{self.boundary}\r\nContent-Type: {content_type}\r\n"
         if location:
             head += f"Content-Location: {location}\r\n"
-        head += f"Content-Length: {len(body)}\r\n\r\n"
-        return head.encode() + body + b"\r\n"
+        head += f"Content-Length: {length}\r\n\r\n"
+        return head.encode()
+
+    def part(self, body: bytes, content_type: str, location: str | None = None) -> bytes:
+        return self.head(len(body), content_type, location) + body + b"\r\n"
+
+    def whole(self, parts: Iterable[tuple[bytes, str]]) -> bytes:
+        """Every part and the closing delimiter as one body (for small answers)."""
+        pieces: list[bytes] = []
+        for body, ctype in parts:
+            pieces += (self.head(len(body), ctype), body, b"\r\n")
+        pieces.append(self.end())
+        return b"".join(pieces)
 
     def end(self) -> bytes:
         return f"--{self.boundary}--\r\n".encode()

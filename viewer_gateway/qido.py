@@ -9,14 +9,24 @@ Never a file is opened to answer a search.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Engine, Select, and_, distinct, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+)
 
-from viewer_gateway.dicomjson import dataset
+from viewer_gateway.dicomjson import attribute, tag_hex, vr_of
 from vna.attributes import BY_KEYWORD, Attribute, Level, Match
 from vna.errors import InvalidInput
 from vna.index import schema
@@ -248,91 +258,129 @@ def search(engine: Engine, q: Query, scope: Scope, base_url: str) -> list[dict[s
         )
     stmt = stmt.where(*conds).limit(q.limit).offset(q.offset)
     with engine.connect() as conn:
-        rows: list[Mapping[str, Any]] = [dict(r._mapping) for r in conn.execute(stmt)]
-        extra = _computed(conn, q.level, rows)
-    return [_render(q, row, extra.get(_key_of(q.level, row), {}), base_url) for row in rows]
+        result = conn.execute(stmt)
+        plan = _Plan(q, list(result.keys()), base_url)
+        rows = result.all()
+        extra = _computed(conn, q.level, [plan.key(row) for row in rows])
+    return [plan.render(row, extra.get(plan.key(row), {})) for row in rows]
 
 
-def _key_of(level: Level, row: Mapping[str, Any]) -> Any:
-    return (
-        row["study_uid"]
-        if level is Level.STUDY
-        else row["series_uid"]
-        if level is Level.SERIES
-        else None
-    )
+# The computed attributes of a page of results, one statement per search: per series of the
+# page's studies, its modality and instance count (an outer join keeps empty series, whose
+# modality counts for ModalitiesInStudy though the series does not count as related); per
+# series of a page of series, its instance count. Built once: only the UID list varies.
+_ST, _SE, _I = schema.studies, schema.series, schema.instances
+_STUDY_SERIES = (
+    select(_ST.c.study_uid, _SE.c.modality, func.count(_I.c.id))
+    .join(_SE, _SE.c.study_pk == _ST.c.id)
+    .outerjoin(_I, _I.c.series_pk == _SE.c.id)
+    .where(_ST.c.study_uid.in_(bindparam("uids", expanding=True)))
+    .group_by(_ST.c.study_uid, _SE.c.id, _SE.c.modality)
+    .order_by(_SE.c.id)
+)
+_SERIES_INSTANCES = (
+    select(_SE.c.series_uid, func.count(_I.c.id))
+    .join(_I, _I.c.series_pk == _SE.c.id)
+    .where(_SE.c.series_uid.in_(bindparam("uids", expanding=True)))
+    .group_by(_SE.c.series_uid)
+)
 
 
-def _computed(conn: Any, level: Level, rows: list[Mapping[str, Any]]) -> dict[Any, dict[str, Any]]:
-    st, se, i = schema.studies, schema.series, schema.instances
+def _computed(conn: Any, level: Level, uids: list[str | None]) -> dict[Any, dict[str, Any]]:
+    """NumberOfStudyRelated*, ModalitiesInStudy (in series order) or
+    NumberOfSeriesRelatedInstances of the studies or series `uids`, keyed by UID."""
     out: dict[Any, dict[str, Any]] = {}
-    if not rows or level is Level.INSTANCE:
+    if not uids or level is Level.INSTANCE:
         return out
     if level is Level.STUDY:
-        uids = [r["study_uid"] for r in rows]
-        for uid, nseries, ninst in conn.execute(
-            select(st.c.study_uid, func.count(distinct(se.c.id)), func.count(i.c.id))
-            .join(se, se.c.study_pk == st.c.id)
-            .join(i, i.c.series_pk == se.c.id)
-            .where(st.c.study_uid.in_(uids))
-            .group_by(st.c.study_uid)
-        ):
-            out[uid] = {
-                "NumberOfStudyRelatedSeries": nseries,
-                "NumberOfStudyRelatedInstances": ninst,
-            }
-        for uid, modality in conn.execute(
-            select(st.c.study_uid, se.c.modality)
-            .join(se, se.c.study_pk == st.c.id)
-            .where(st.c.study_uid.in_(uids))
-            .distinct()
-        ):
-            if modality:
-                mods = out.setdefault(uid, {}).setdefault("ModalitiesInStudy", [])
-                if modality not in mods:
-                    mods.append(modality)
+        for uid, modality, ninst in conn.execute(_STUDY_SERIES, {"uids": uids}):
+            found = out.setdefault(
+                uid,
+                {
+                    "NumberOfStudyRelatedSeries": 0,
+                    "NumberOfStudyRelatedInstances": 0,
+                    "ModalitiesInStudy": [],
+                },
+            )
+            if ninst:
+                found["NumberOfStudyRelatedSeries"] += 1
+                found["NumberOfStudyRelatedInstances"] += ninst
+            if modality and modality not in found["ModalitiesInStudy"]:
+                found["ModalitiesInStudy"].append(modality)
         return out
-    uids = [r["series_uid"] for r in rows]
-    for uid, ninst in conn.execute(
-        select(se.c.series_uid, func.count(i.c.id))
-        .join(i, i.c.series_pk == se.c.id)
-        .where(se.c.series_uid.in_(uids))
-        .group_by(se.c.series_uid)
-    ):
+    for uid, ninst in conn.execute(_SERIES_INSTANCES, {"uids": uids}):
         out[uid] = {"NumberOfSeriesRelatedInstances": ninst}
     return out
 
 
-def _render(
-    q: Query, row: Mapping[str, Any], extra: dict[str, Any], base_url: str
-) -> dict[str, Any]:
-    keywords: list[str] = list(DEFAULTS[q.level])
-    if q.include_all:
-        for level in SEARCHABLE[q.level]:
-            keywords += [a.keyword for a in BY_KEYWORD.values() if a.level is level]
-    keywords += sorted(q.include)
-    pairs: list[tuple[str, Any]] = [
-        ("SpecificCharacterSet", UTF8),
-        ("InstanceAvailability", "ONLINE"),
-    ]
-    seen = {"SpecificCharacterSet", "InstanceAvailability"}
-    for keyword in keywords:
-        if keyword in seen:
-            continue
-        seen.add(keyword)
-        attr = BY_KEYWORD.get(keyword)
-        if attr is not None and attr.column in row:
-            pairs.append((keyword, row[attr.column]))
-    for keyword in COMPUTED[q.level]:
-        pairs.append((keyword, extra.get(keyword, [] if keyword == "ModalitiesInStudy" else 0)))
-    pairs.append(("RetrieveURL", _retrieve_url(q.level, row, base_url)))
-    return dataset(pairs)
+class _Plan:
+    """How each result row of one search becomes DICOM JSON, worked out once per search.
+
+    The attributes (defaults, includefield, computed, RetrieveURL) are looked up,
+    ordered by tag and mapped to row positions once; each row then only fills in
+    values. The same objects as building each row from keywords, in less time
+    (a 101-study page took longer to render than to query).
+    """
+
+    def __init__(self, q: Query, columns: list[str], base_url: str) -> None:
+        self.level = q.level
+        self.base_url = base_url
+        position = {name: k for k, name in reversed(list(enumerate(columns)))}
+        self.uids = [position.get(c) for c in ("study_uid", "series_uid", "sop_uid")]
+        keywords: list[str] = list(DEFAULTS[q.level])
+        if q.include_all:
+            for level in SEARCHABLE[q.level]:
+                keywords += [a.keyword for a in BY_KEYWORD.values() if a.level is level]
+        keywords += sorted(q.include)
+        # (tag, vr, where the value comes from: a row position, a computed keyword, or a
+        # constant in a 1-tuple; None for RetrieveURL)
+        fields: list[tuple[str, str, int | str | tuple[Any] | None]] = [
+            (tag_hex("SpecificCharacterSet"), vr_of("SpecificCharacterSet"), (UTF8,)),
+            (tag_hex("InstanceAvailability"), vr_of("InstanceAvailability"), ("ONLINE",)),
+        ]
+        seen = {"SpecificCharacterSet", "InstanceAvailability"}
+        for keyword in keywords:
+            if keyword in seen:
+                continue
+            seen.add(keyword)
+            attr = BY_KEYWORD.get(keyword)
+            if attr is not None and attr.column in position:
+                fields.append((tag_hex(keyword), vr_of(keyword), position[attr.column]))
+        for keyword in COMPUTED[q.level]:
+            fields.append((tag_hex(keyword), vr_of(keyword), keyword))
+        fields.append((tag_hex("RetrieveURL"), vr_of("RetrieveURL"), None))
+        self.fields = sorted(fields, key=lambda f: f[0])
+
+    def key(self, row: Sequence[Any]) -> str | None:
+        """The UID the computed attributes of `row` are keyed by (none for instances)."""
+        at = self.uids[0] if self.level is Level.STUDY else self.uids[1]
+        return None if self.level is Level.INSTANCE or at is None else row[at]
+
+    def render(self, row: Sequence[Any], extra: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for tag, vr, source in self.fields:
+            if isinstance(source, int):
+                value = row[source]
+            elif isinstance(source, str):
+                value = extra.get(source, [] if source == "ModalitiesInStudy" else 0)
+            elif source is None:
+                value = self._retrieve_url(row)
+            else:
+                value = source[0]
+            out[tag] = attribute(vr, value)
+        return out
+
+    def _retrieve_url(self, row: Sequence[Any]) -> str:
+        study, series, sop = (row[k] if k is not None else None for k in self.uids)
+        return _retrieve_url(self.level, study, series, sop, self.base_url)
 
 
-def _retrieve_url(level: Level, row: Mapping[str, Any], base: str) -> str:
-    url = f"{base}/studies/{row['study_uid']}"
+def _retrieve_url(
+    level: Level, study: str | None, series: str | None, sop: str | None, base: str
+) -> str:
+    url = f"{base}/studies/{study}"
     if level is not Level.STUDY:
-        url += f"/series/{row['series_uid']}"
+        url += f"/series/{series}"
     if level is Level.INSTANCE:
-        url += f"/instances/{row['sop_uid']}"
+        url += f"/instances/{sop}"
     return url

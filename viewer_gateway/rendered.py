@@ -97,19 +97,46 @@ def render(data: bytes, frame: int, options: Options) -> bytes:
     return out.getvalue()
 
 
+#: Integer pixels whose stored values span at most this many are windowed through a lookup
+#: table: the same arithmetic, done once per stored value instead of once per pixel.
+LUT_SPAN = 1 << 16
+
+
 def _to_image(ds: Dataset, pixels: np.ndarray, window: tuple[float, float] | None) -> Image.Image:
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour, already RGB from pydicom
         arr = pixels.astype(np.float64)
         if arr.max() > 255:
             arr = arr / arr.max() * 255
         return Image.fromarray(arr.clip(0, 255).astype(np.uint8)[..., :3], "RGB")
+    mono1 = ds.get("PhotometricInterpretation") == "MONOCHROME1"
+    if pixels.dtype.kind in "iu" and pixels.size:
+        lo, hi = int(pixels.min()), int(pixels.max())
+        if hi - lo < LUT_SPAN:
+            # Every stored value from lo to hi, through the same Modality LUT (elementwise,
+            # so each entry equals what the pixel-by-pixel path computes for that value).
+            domain = apply_modality_lut(np.arange(lo, hi + 1, dtype=pixels.dtype), ds)
+            values = domain.astype(np.float64)
+            if hi - lo <= np.iinfo(pixels.dtype).max:  # the offsets fit: no wider copy
+                offsets = pixels - pixels.dtype.type(lo)
+            else:
+                offsets = pixels.astype(np.int64) - lo
+            if window is None:
+                window = _file_window(ds) or _range_window(np.take(values, offsets))
+            return Image.fromarray(np.take(_windowed(values, window, mono1), offsets), "L")
     values = apply_modality_lut(pixels, ds).astype(np.float64)
-    center, width = window or _file_window(ds) or _range_window(values)
+    window = window or _file_window(ds) or _range_window(values)
+    return Image.fromarray(_windowed(values, window, mono1), "L")
+
+
+def _windowed(values: np.ndarray, window: tuple[float, float], mono1: bool) -> np.ndarray:
+    """8-bit display values: the VOI window, linear (PS3.3 C.11.2.1.2), inverted for
+    MONOCHROME1."""
+    center, width = window
     low = center - 0.5 - (width - 1) / 2
-    scaled = ((values - low) / max(width - 1, 1e-9)).clip(0, 1) * 255  # PS3.3 C.11.2.1.2 linear
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+    scaled = ((values - low) / max(width - 1, 1e-9)).clip(0, 1) * 255
+    if mono1:
         scaled = 255 - scaled
-    return Image.fromarray(scaled.astype(np.uint8), "L")
+    return scaled.astype(np.uint8)
 
 
 def _file_window(ds: Dataset) -> tuple[float, float] | None:

@@ -8,14 +8,16 @@ import uvicorn
 from sqlalchemy import Engine
 
 from viewer_gateway.app import create_app
+from viewer_gateway.engine import gateway_engine
 from vna.settings import Settings
 
 NAME = "gateway"
 
 
 def serve(settings: Settings, engine: Engine, stop: threading.Event) -> None:
-    """Serve DICOMweb until `stop` is set."""
-    app = create_app(settings, engine)
+    """Serve DICOMweb until `stop` is set, on an engine of its own sized to its threads."""
+    own = gateway_engine(engine)
+    app = create_app(settings, own)
     threading.Thread(
         target=app.state.metadata.run, args=(stop,), name="metadata", daemon=True
     ).start()
@@ -32,4 +34,8 @@ def serve(settings: Settings, engine: Engine, stop: threading.Event) -> None:
         server.should_exit = True
 
     threading.Thread(target=watch, daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    finally:
+        if own is not engine:
+            own.dispose()

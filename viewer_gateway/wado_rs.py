@@ -1,32 +1,105 @@
 """WADO-RS (PS3.18 10.4): retrieve instances, metadata, frames and bulk data.
 
-Instances stream one part at a time (a series is never held in memory whole),
-each read through `tiers.InstanceStore`, so every byte sent matches the digest
-in the index, from tier 0 or a replica.
+Instances stream in batches of a few MB (a series is never held in memory
+whole), each read through `tiers.InstanceStore`, so every byte sent matches the
+digest in the index, from tier 0 or a replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
+from starlette.concurrency import run_in_threadpool
 
 from viewer_gateway.media import Choice, MediaRange, Multipart, choose_multipart
 from viewer_gateway.tiers import InstanceStore, Located
 from viewer_gateway.transcode import can_convert, convert
-from vna.errors import InvalidInput, NotAcceptable, NotFound
+from vna.errors import Corrupt, InvalidInput, NotAcceptable, NotFound
 
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
-def retrieve(
-    store: InstanceStore, found: list[Located], accept: list[MediaRange]
-) -> tuple[str, Iterator[bytes]]:
-    """A multipart/related of application/dicom parts; (content type, body iterator)."""
+#: A retrieve reads instances in batches of about this many bytes, one worker-thread hop per
+#: batch instead of one per instance; a retrieve holds two batches at most (one being sent,
+#: the next being read).
+BATCH_BYTES = 2 << 20
+#: Frames answers up to this size go out as one body (no streaming machinery for a frame).
+WHOLE_BYTES = 16 << 20
+
+
+@dataclass
+class Retrieval:
+    """A planned multipart retrieve: its Content-Type, its length when every instance goes
+    out as stored (so no chunked framing is needed), and its body as an async iterator.
+
+    The first batch is read when the retrieve is planned, before the response starts, so
+    an instance with no intact copy anywhere is an error status, not a cut-short body.
+    """
+
+    store: InstanceStore
+    choice: Choice
+    mp: Multipart
+    batches: list[list[Located]]
+    length: int | None
+    first: list[bytes] = field(default_factory=list)
+
+    @property
+    def content_type(self) -> str:
+        return self.mp.content_type
+
+    def read(self, index: int) -> list[bytes]:
+        """The pieces of batch `index`: each part's delimiter and headers, then its bytes
+        (the bytes as read, never copied into a bigger buffer)."""
+        pieces: list[bytes] = []
+        for inst in self.batches[index]:
+            data = self.store.read(inst)
+            syntax = self.choice.transfer_syntax or inst.transfer_syntax_uid
+            data = convert(data, inst.transfer_syntax_uid, syntax)
+            if self.length is not None and len(data) != inst.size:
+                raise Corrupt(f"instance {inst.sop_uid} is {len(data)} bytes, not {inst.size}")
+            head = self.mp.head(len(data), _part_type(syntax))
+            pieces += (head if not pieces and index == 0 else b"\r\n" + head, data)
+        return pieces
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The whole body. While one batch is sent, the next is read in a worker thread
+        (file reads release the GIL), so reading and sending overlap."""
+        ahead: asyncio.Future[list[bytes]] | None = None
+        try:
+            for index in range(len(self.batches)):
+                if index == 0:
+                    pieces, self.first = self.first, []
+                else:
+                    assert ahead is not None
+                    pieces = await ahead
+                ahead = None
+                if index + 1 < len(self.batches):
+                    ahead = asyncio.ensure_future(run_in_threadpool(self.read, index + 1))
+                for piece in pieces:
+                    yield piece
+                pieces = []  # let the batch go before the next is awaited
+            yield b"\r\n" + self.mp.end()
+        finally:
+            if ahead is not None:  # the client went away: the read in flight is not wanted
+                ahead.cancel()
+                ahead.add_done_callback(_discard)
+
+
+def _discard(future: asyncio.Future[list[bytes]]) -> None:
+    """Mark an abandoned read's outcome as seen (a failure was the client's loss only)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def retrieve(store: InstanceStore, found: list[Located], accept: list[MediaRange]) -> Retrieval:
+    """A multipart/related of application/dicom parts, its first batch read (call in a thread)."""
     choice = choose_multipart(accept, ["application/dicom"], ExplicitVRLittleEndian)
     for inst in found:
         if choice.transfer_syntax and not can_convert(
@@ -37,16 +110,26 @@ def retrieve(
                 f"converted to {choice.transfer_syntax}; ask with transfer-syntax=*"
             )
     mp = Multipart("application/dicom")
+    as_stored = all(choice.transfer_syntax in (None, i.transfer_syntax_uid) for i in found)
+    length = None
+    if as_stored:  # sizes known from the index (and checked as each instance is read)
+        heads = sum(len(mp.head(i.size, _part_type(i.transfer_syntax_uid))) for i in found)
+        length = heads + sum(i.size for i in found) + 2 * len(found) + len(mp.end())
+    batches: list[list[Located]] = [[]]
+    size = 0
+    for inst in found:
+        if batches[-1] and size + inst.size > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(inst)
+        size += inst.size
+    retrieval = Retrieval(store, choice, mp, batches, length)
+    retrieval.first = retrieval.read(0)
+    return retrieval
 
-    def parts() -> Iterator[bytes]:
-        for inst in found:
-            data = store.read(inst)
-            syntax = choice.transfer_syntax or inst.transfer_syntax_uid
-            data = convert(data, inst.transfer_syntax_uid, syntax)
-            yield mp.part(data, f"application/dicom; transfer-syntax={syntax}")
-        yield mp.end()
 
-    return mp.content_type, parts()
+def _part_type(syntax: str) -> str:
+    return f"application/dicom; transfer-syntax={syntax}"
 
 
 def parse_frames(text: str) -> list[int]:
@@ -63,8 +146,12 @@ def parse_frames(text: str) -> list[int]:
 
 def frames(
     store: InstanceStore, inst: Located, numbers: list[int], accept: list[MediaRange]
-) -> tuple[str, Iterator[bytes]]:
-    """Frames as multipart/related octet-stream (or the stored compressed type with `*`)."""
+) -> tuple[str, bytes | Iterator[bytes]]:
+    """Frames as multipart/related octet-stream (or the stored compressed type with `*`).
+
+    The body is one `bytes` when the frames asked for are small (a viewer's usual single
+    frame), so it goes out as a plain response; else an iterator of parts.
+    """
     stored = UID(inst.transfer_syntax_uid)
     compressed = stored.is_compressed
     choice = choose_multipart(accept, ["application/octet-stream"], ExplicitVRLittleEndian)
@@ -92,7 +179,10 @@ def frames(
         all_frames = [ds.PixelData[k * frame_len : (k + 1) * frame_len] for k in range(count)]
         ctype = f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}"
     mp = Multipart("application/octet-stream")
-    return mp.content_type, mp.stream((all_frames[n - 1], ctype) for n in numbers)
+    chosen_frames = [(all_frames[n - 1], ctype) for n in numbers]
+    if sum(len(f) for f, _ in chosen_frames) <= WHOLE_BYTES:
+        return mp.content_type, mp.whole(chosen_frames)
+    return mp.content_type, mp.stream(chosen_frames)
 
 
 def _choice_syntax(choice: Choice, stored: UID) -> str:

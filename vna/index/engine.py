@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,29 +35,51 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def create(url: str) -> Engine:
+SQLITE_CACHE_KIB = 65536  # page cache per connection, for the ingest's and replicator's few
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Connections for a process whose many threads each hold one (the DICOMweb gateway):
+    `size` kept open, `overflow` more when needed, and on SQLite a smaller page cache
+    per connection, since the operating system caches the file once for all of them."""
+
+    size: int
+    overflow: int
+    sqlite_cache_kib: int = SQLITE_CACHE_KIB
+
+
+def create(url: str, pooling: Pooling | None = None) -> Engine:
     """An engine for `url`, with the per-connection settings each backend needs."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise SettingsError(f"index.url: {url!r} is not a database URL") from None
     backend = parsed.get_backend_name()
+    pool: dict[str, Any] = (
+        {"pool_size": pooling.size, "max_overflow": pooling.overflow} if pooling else {}
+    )
     if backend == "sqlite":
         db = parsed.database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        engine = create_engine(url, connect_args={"timeout": 60}, **pool)
+        cache_kib = pooling.sqlite_cache_kib if pooling else SQLITE_CACHE_KIB
+
+        def pragmas(dbapi_conn: Any, _record: Any) -> None:
+            _sqlite_pragmas(dbapi_conn, cache_kib)
+
+        event.listen(engine, "connect", pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             raise SettingsError("index.url: use the psycopg 3 driver (postgresql+psycopg://)")
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **pool)
     raise SettingsError(f"index.url: backend {backend!r} is not supported (sqlite, postgresql)")
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, cache_kib: int) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN, so writers take the lock up front.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
@@ -64,7 +87,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=60000")
-    cur.execute("PRAGMA cache_size=-65536")
+    cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     cur.close()
 
 

@@ -140,7 +140,8 @@ class Replicator:
             for name, lane in self.lanes.items()
             if ignore_window or not lane.window or lane.window.is_open()
         ]
-        total = sum(unverified(self.engine, name) for name in lanes)
+        # Counting is an anti-join over every instance: only where there is work at all.
+        total = sum(unverified(self.engine, name) for name in lanes if self._outstanding(name))
         if total > (0 if self._progress_bar else LARGE_BACKLOG):
             self._progress = Progress(
                 "replicate",
@@ -300,24 +301,25 @@ class Replicator:
         return True
 
     def _complete(self) -> bool:
-        r = schema.replicas
+        return not any(self._outstanding(name) for name in self.lanes)
+
+    def _outstanding(self, name: str) -> bool:
+        """Copies to `name` not yet verified, or changes not yet turned into copies."""
+        r, cursors = schema.replicas, schema.replication_cursors
         with self.engine.connect() as conn:
-            for name in self.lanes:
-                left = conn.execute(
-                    select(func.count()).where(
-                        r.c.target == name,
-                        r.c.state.in_(("pending", "copying", "failed", "skipped")),
-                    )
-                ).scalar_one()
-                cursor = conn.execute(
-                    select(schema.replication_cursors.c.seq).where(
-                        schema.replication_cursors.c.target == name
-                    )
-                ).scalar_one_or_none()
-                head = conn.execute(select(func.max(schema.changes.c.seq))).scalar_one()
-                if left or (head or 0) > (cursor or 0):
-                    return False
-        return True
+            left = conn.execute(
+                select(r.c.id)
+                .where(
+                    r.c.target == name,
+                    r.c.state.in_(("pending", "copying", "failed", "skipped")),
+                )
+                .limit(1)
+            ).first()
+            cursor = conn.execute(
+                select(cursors.c.seq).where(cursors.c.target == name)
+            ).scalar_one_or_none()
+            head = conn.execute(select(func.max(schema.changes.c.seq))).scalar_one()
+        return left is not None or (head or 0) > (cursor or 0)
 
 
 def unverified(engine: Engine, target: str) -> int:

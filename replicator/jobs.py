@@ -35,12 +35,16 @@ def jobs(settings: Settings) -> list[JobSpec]:
                 )
             )
         if t.window:
+            # Windows are whole hours (the minute field means nothing there): a pass at
+            # the start of each hour the window is open, in the zone the replicator reads
+            # windows in.
             specs.append(
                 JobSpec(
                     f"replicate:{t.name}",
-                    t.window,
+                    "0 " + t.window.split(maxsplit=1)[1],
                     _replicator(t.name),
                     f"replicate to {t.url} while its window is open",
+                    machine_time=True,
                 )
             )
     return specs

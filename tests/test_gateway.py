@@ -576,3 +576,24 @@ def test_gateway_engine_pools_a_connection_per_worker_thread_with_the_index_sett
     finally:
         engine.dispose()
         index.dispose()
+
+
+def test_series_and_study_rendered_are_one_image_per_instance(loaded: Archive) -> None:
+    from PIL import Image
+
+    study, series, sops = uids()
+    c = client(loaded)
+    r = c.get(
+        f"/dicomweb/studies/{study}/series/{series[0]}/rendered", headers={"Accept": "image/png"}
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith('multipart/related; type="image/png"')
+    images = parts(r)
+    assert len(images) == 3 and {t for t, _ in images} == {"image/png"}
+    for _, body in images:
+        assert Image.open(io.BytesIO(body)).size == (32, 32)
+    whole = c.get(f"/dicomweb/studies/{study}/rendered?viewport=16,16")
+    assert [t for t, _ in parts(whole)] == ["image/jpeg"] * len(sops)
+    assert Image.open(io.BytesIO(parts(whole)[0][1])).size == (16, 16)
+    missing = c.get(f"/dicomweb/studies/{study}/series/1.2.3.4/rendered")
+    assert missing.status_code == 404

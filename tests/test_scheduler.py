@@ -8,22 +8,28 @@ few seconds.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import threading
 import time
+import zoneinfo
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from tests.conftest import Archive, make_archive
+from vna import digest as digest_mod
 from vna.cli.main import main as vna_main
 from vna.index import schema
 from vna.layout import Layout
 from vna.reports import files
 from vna.sample import SampleSpec, generate
-from vna.scheduler import runs
+from vna.scheduler import lease, runs
 from vna.scheduler.jobs import JobBody, JobSpec, configured
 from vna.scheduler.service import Scheduler
 from vna.settings import Settings
@@ -132,10 +138,11 @@ def test_a_run_missed_beyond_the_grace_time_is_recorded_as_missed(
     tmp_path: Path, index_url: str
 ) -> None:
     archive = make_archive(tmp_path, index_url, scheduler={"misfire_grace_seconds": 1})
-    due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+    kolkata = zoneinfo.ZoneInfo("Asia/Kolkata")  # +05:30: a wrong zone shifts even the minute
+    due = dt.datetime.now(kolkata) + dt.timedelta(seconds=3)
 
     def at_due(spec: JobSpec, zone: dt.tzinfo | None) -> CronTrigger:
-        return CronTrigger(minute=due.minute, second=due.second, timezone=dt.UTC)
+        return CronTrigger(minute=due.minute, second=due.second, timezone=kolkata)
 
     def scheduler() -> Scheduler:
         s = Scheduler(archive.settings, archive.engine, lease_seconds=2, trigger=at_due)
@@ -334,3 +341,47 @@ def test_replication_window_job_copies_while_open_and_waits_while_closed(
     body = configured(reopened.settings)["replicate:nfs"].body
     assert body(reopened.settings, reopened.engine, stop) == "target nfs fully verified"
     assert len(list((tmp_path / "replica").rglob("*.dcm"))) == 3
+
+
+def test_the_scheduler_survives_an_index_failure(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = make_archive(tmp_path, index_url)
+    real = lease.acquire
+    failures = {"left": 2}
+
+    def flaky(*args: Any, **kwargs: Any) -> bool:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lease, "acquire", flaky)
+    ran: list[int] = []
+    scheduler = Scheduler(archive.settings, archive.engine, lease_seconds=0.6, trigger=every_second)
+    scheduler.specs = {"tick": JobSpec("tick", "*", lambda s, e, stop: str(ran.append(1)), "")}
+    with running(scheduler):
+        wait_for(lambda: len(ran) >= 1)
+    assert failures["left"] == 0
+
+
+def test_an_unreadable_file_is_a_problem_and_the_share_moves_on(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = share_archive(tmp_path, index_url)
+    layout = Layout(archive.settings.archive.root)
+    real = digest_mod.of_file
+    calls = {"n": 0}
+
+    def bad_sector(path: Path) -> str:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(digest_mod, "of_file", bad_sector)
+    share = verify_share(archive.engine, layout, 0, 3)
+    assert share.checked == 4 and share.problem_count == 1
+    (problem,) = share.problems
+    assert problem.kind == "unreadable" and problem.detail == "Input/output error"
+    assert share.next_after > 0

@@ -92,6 +92,8 @@ def test_the_status_page_is_for_admins_only(site: Archive) -> None:
     )
     assert client.get("/admin/status", headers={"Authorization": basic("wrong")}).status_code == 401
     assert client.get("/admin/status", headers={"Authorization": "Basic %%%"}).status_code == 401
+    not_utf8 = "Basic " + base64.b64encode(b"admin:\xff\xfe").decode()
+    assert client.get("/admin/status", headers={"Authorization": not_utf8}).status_code == 401
     page = client.get("/admin/status", headers={"Authorization": basic(ADMIN)})
     assert page.status_code == 200 and "Archive status" in page.text
     assert page.headers["cache-control"] == "no-store"

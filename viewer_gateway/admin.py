@@ -9,7 +9,6 @@ configured reports folder.
 # No `from __future__ import annotations`: FastAPI must resolve the route parameters'
 # annotations, which name `Admin`, local to `router`.
 import base64
-import binascii
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -37,7 +36,7 @@ def router(settings: Settings, engine: Engine) -> APIRouter:
         if scheme.lower() == "basic":
             try:
                 _user, _, key = base64.b64decode(value, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # bad base64 (binascii.Error) or not UTF-8: both ValueErrors
                 raise Unauthorized("malformed Basic credentials") from None
             header = f"Bearer {key}" if key else None
         who = authenticate(gw, header)

@@ -5,6 +5,7 @@ what each supports. Errors from anywhere below become a status and a JSON
 message in `_vna_error`; anything unexpected is a 500 that shows no internals.
 """
 
+import itertools
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -277,6 +278,15 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
         return Response(await run_in_threadpool(bulk), media_type="application/octet-stream")
 
+    def render_options(request: Request) -> rendered.Options:
+        accept_types = [r.type for r in parse_accept(request.headers.get("accept"))]
+        params = request.query_params
+        if "accept" in params:  # PS3.18 8.3.3.1: the query parameter wins over the header
+            accept_types = [t.strip().split(";")[0] for t in params["accept"].split(",")]
+        return rendered.parse_options(
+            accept_types, params.get("window"), params.get("viewport"), params.get("quality")
+        )
+
     async def send_rendered(
         request: Request,
         study: str,
@@ -285,13 +295,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         frame: int,
         thumbnail: bool,
     ) -> Response:
-        accept_types = [r.type for r in parse_accept(request.headers.get("accept"))]
-        params = request.query_params
-        if "accept" in params:  # PS3.18 8.3.3.1: the query parameter wins over the header
-            accept_types = [t.strip().split(";")[0] for t in params["accept"].split(",")]
-        options = rendered.parse_options(
-            accept_types, params.get("window"), params.get("viewport"), params.get("quality")
-        )
+        options = render_options(request)
         if thumbnail and options.viewport is None:
             options = rendered.Options(options.media_type, 80, options.window, rendered.THUMBNAIL)
 
@@ -301,6 +305,23 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             return rendered.render(store.read(inst), frame, options)
 
         return Response(await run_in_threadpool(image), media_type=options.media_type)
+
+    async def send_rendered_all(request: Request, study: str, series: str | None) -> Response:
+        options = render_options(request)
+        found = await run_in_threadpool(store.instances, study, series, None)
+        mp, parts = rendered.each(store, found, options)
+        first = await run_in_threadpool(next, parts)  # errors before the response starts
+        return StreamingResponse(itertools.chain([first], parts), media_type=mp.content_type)
+
+    @app.get(ROOT + "/studies/{study}/rendered", summary="Rendered study (PS3.18 10.4)")
+    async def rendered_study(request: Request, study: Uid, who: Who) -> Response:
+        return await send_rendered_all(request, study, None)
+
+    @app.get(
+        ROOT + "/studies/{study}/series/{series}/rendered", summary="Rendered series (PS3.18 10.4)"
+    )
+    async def rendered_series(request: Request, study: Uid, series: Uid, who: Who) -> Response:
+        return await send_rendered_all(request, study, series)
 
     @app.get(
         ROOT + "/studies/{study}/series/{series}/instances/{sop}/rendered",

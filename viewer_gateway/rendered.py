@@ -9,6 +9,7 @@ to the requested `viewport`. Colour images keep their colours.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 
+from viewer_gateway.media import Multipart
+from viewer_gateway.tiers import InstanceStore, Located
 from vna.errors import InvalidInput, NotAcceptable, NotFound
 
 THUMBNAIL = (128, 128)
@@ -95,6 +98,34 @@ def render(data: bytes, frame: int, options: Options) -> bytes:
             out, format="JPEG", quality=options.quality
         )
     return out.getvalue()
+
+
+def each(
+    store: InstanceStore, found: list[Located], options: Options
+) -> tuple[Multipart, Iterator[bytes]]:
+    """A study or series rendered: one part per instance (its first frame), in order.
+
+    Instances that have nothing to render (reports, presentation states) or that
+    cannot be decoded here are left out, as a viewer showing the images would; if
+    none can be rendered, the first item raises the reason.
+    """
+    mp = Multipart(options.media_type)
+
+    def parts() -> Iterator[bytes]:
+        sent, last_error = 0, None
+        for inst in found:
+            try:
+                image = render(store.read(inst), 1, options)
+            except (NotFound, NotAcceptable) as exc:
+                last_error = exc
+                continue
+            sent += 1
+            yield mp.part(image, options.media_type)
+        if not sent:
+            raise last_error or NotFound("nothing to render")
+        yield mp.end()
+
+    return mp, parts()
 
 
 #: Integer pixels whose stored values span at most this many are windowed through a lookup

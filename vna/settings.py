@@ -467,6 +467,10 @@ def _check_scheduler(
                 raise SettingsError(f"{where}: {exc}") from None
     if scheduler.verify_days < 1:
         raise SettingsError("scheduler.verify_days: must be at least 1")
+    if scheduler.keep_reports < 1:
+        raise SettingsError("scheduler.keep_reports: must be at least 1")
+    if scheduler.misfire_grace_seconds < 1:
+        raise SettingsError("scheduler.misfire_grace_seconds: must be at least 1")
     return scheduler
 
 

@@ -24,7 +24,8 @@ from vna.layout import JOURNAL, LOCK, STAGING, Layout, parse_relpath
 class Problem:
     """One disagreement, named so an admin knows what to look at."""
 
-    # missing-file | orphan-file | stray-file | size-mismatch | digest-mismatch | stale-staging
+    # missing-file | orphan-file | stray-file | size-mismatch | digest-mismatch | unreadable
+    # | stale-staging
     kind: str
     path: str
     detail: str = ""
@@ -102,7 +103,8 @@ class ShareResult:
     checked: int
     total: int
     next_after: int  # the instance id the next share starts after (0: from the beginning)
-    problems: list[Problem]
+    problems: list[Problem]  # the first `limit_problems`
+    problem_count: int
 
 
 def verify_share(
@@ -125,6 +127,7 @@ def verify_share(
     quota = -(-total // share_of)  # ceiling: never fall behind
     checked, cursor = 0, after
     problems: list[Problem] = []
+    count = 0
     wrapped = False
     while checked < quota and not (stop and stop.is_set()):
         with engine.connect() as conn:
@@ -143,9 +146,11 @@ def verify_share(
             checked += 1
             cursor = row.id
             problem = _check_file(layout, row.path, row.size, row.digest)
-            if problem is not None and len(problems) < limit_problems:
-                problems.append(problem)
-    return ShareResult(checked, total, cursor, problems)
+            if problem is not None:
+                count += 1
+                if len(problems) < limit_problems:
+                    problems.append(problem)
+    return ShareResult(checked, total, cursor, problems, count)
 
 
 def _check_file(layout: Layout, rel: str, size: int, expected: str | None) -> Problem | None:
@@ -155,11 +160,16 @@ def _check_file(layout: Layout, rel: str, size: int, expected: str | None) -> Pr
         actual_size = path.stat().st_size
     except FileNotFoundError:
         return Problem("missing-file", rel, "in the index, not in the layout")
+    except OSError as exc:  # permissions, a bad sector: exactly what a check must report
+        return Problem("unreadable", rel, exc.strerror or str(exc))
     if actual_size != size:
         return Problem("size-mismatch", rel, f"index {size} bytes, file {actual_size} bytes")
     if expected is None:
         return None
-    actual = digest.of_file(path)
+    try:
+        actual = digest.of_file(path)
+    except OSError as exc:
+        return Problem("unreadable", rel, exc.strerror or str(exc))
     if actual != expected:
         return Problem("digest-mismatch", rel, f"index {expected}, file {actual}")
     return None

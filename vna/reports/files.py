@@ -60,7 +60,7 @@ def listing(folder: Path) -> list[ReportFile]:
     except FileNotFoundError:
         return []
     for path in entries:
-        m = _NAME.match(path.name)
+        m = _NAME.fullmatch(path.name)
         if m:
             when = dt.datetime.strptime(m["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
             found.append(ReportFile(m["kind"], when, m["ext"], path))
@@ -69,7 +69,7 @@ def listing(folder: Path) -> list[ReportFile]:
 
 def find(folder: Path, name: str) -> Path | None:
     """The report called `name`, only if it is one (never a path outside the folder)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         return None
     path = folder / name
     return path if path.is_file() else None

@@ -47,6 +47,9 @@ class JobSpec:
     cron: str  # crontab(5) expression, in the scheduler's time zone
     body: JobBody
     description: str
+    # Fire in the machine's time zone rather than [scheduler] timezone: for jobs tied to a
+    # replication window, which the replicator reads in the machine's zone.
+    machine_time: bool = False
 
 
 def configured(settings: Settings) -> dict[str, JobSpec]:
@@ -102,9 +105,9 @@ def verify_tier0(settings: Settings, engine: Engine, stop: threading.Event) -> s
     )
     if result.problems:
         listed = "; ".join(str(p) for p in result.problems[:20])
-        more = len(result.problems) - 20
+        more = result.problem_count - min(20, len(result.problems))
         raise JobFailed(
-            f"{summary}: {len(result.problems)} problem(s): {listed}"
+            f"{summary}: {result.problem_count} problem(s): {listed}"
             + (f"; and {more} more" if more > 0 else "")
         )
     return summary

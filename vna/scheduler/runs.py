@@ -76,7 +76,7 @@ def finish(engine: Engine, run_id: int, outcome: str, detail: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(schema.job_runs)
-            .where(schema.job_runs.c.id == run_id)
+            .where(schema.job_runs.c.id == run_id, schema.job_runs.c.outcome == "running")
             .values(
                 finished_at=dt.datetime.now(dt.UTC), outcome=outcome, detail=detail[:DETAIL_MAX]
             )

@@ -103,7 +103,9 @@ class Scheduler:
         self._reload = reload
         self.engine = engine
         self.specs = configured(settings)
-        self._trigger = trigger or (lambda spec, zone: cron_trigger(spec.cron, zone))
+        self._trigger = trigger or (
+            lambda spec, zone: cron_trigger(spec.cron, None if spec.machine_time else zone)
+        )
         self.lease_seconds = lease_seconds
         self.holder = f"{runs.me()}:{uuid.uuid4().hex[:8]}"
         self.zone = zone_of(settings)
@@ -125,18 +127,28 @@ class Scheduler:
         )
         try:
             while not stop.is_set():
-                self._maybe_reload()
-                if lease.acquire(self.engine, self.holder, self.lease_seconds):
-                    if self._aps is None:
-                        self._start()
-                elif self._aps is not None:
-                    logger.warning("scheduler lease lost; standing by")
+                try:
+                    self._round()
+                except Exception:  # the index away, a bad job time: retry, never die
+                    logger.exception("scheduler round failed; standing by and retrying")
                     self._shutdown()
                 stop.wait(self.lease_seconds / 3)
         finally:
             self._shutdown()
-            lease.release(self.engine, self.holder)
+            try:
+                lease.release(self.engine, self.holder)
+            except Exception:  # it lapses on its own
+                logger.warning("could not release the scheduler lease", exc_info=True)
             _running.discard(self)
+
+    def _round(self) -> None:
+        self._maybe_reload()
+        if lease.acquire(self.engine, self.holder, self.lease_seconds):
+            if self._aps is None:
+                self._start()
+        elif self._aps is not None:
+            logger.warning("scheduler lease lost; standing by")
+            self._shutdown()
 
     def _maybe_reload(self) -> None:
         """Pick up edited job times and targets without a restart; a broken file changes
@@ -171,20 +183,21 @@ class Scheduler:
             logger.warning("%d job run(s) of a previous scheduler marked interrupted", stale)
         aps = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=STORE_TABLE)},
-            executors={"default": ThreadPoolExecutor(4)},
+            # A thread per job: a job queued behind others would count as late, even missed.
+            executors={"default": ThreadPoolExecutor(max(1, len(self.specs)))},
             job_defaults={
                 "coalesce": True,
                 "max_instances": 1,
-                "misfire_grace_time": int(self.settings.scheduler.misfire_grace_seconds) or None,
+                "misfire_grace_time": max(1, int(self.settings.scheduler.misfire_grace_seconds)),
             },
             timezone=self.zone,
         )
         self._halt = threading.Event()
         aps.add_listener(self._missed, EVENT_JOB_MISSED)
         aps.start(paused=True)
+        self._aps = aps  # from here on, _shutdown stops it whatever happens next
         self._sync(aps)
         aps.resume()
-        self._aps = aps
         logger.info("scheduler %s took the lease and is scheduling", self.holder)
 
     def _sync(self, aps: BackgroundScheduler) -> None:
@@ -208,7 +221,7 @@ class Scheduler:
             )
 
     def _missed(self, event: JobExecutionEvent) -> None:
-        runs.missed(self.engine, event.job_id, event.scheduled_run_time)
+        runs.missed(self.engine, event.job_id, event.scheduled_run_time.astimezone(dt.UTC))
         logger.warning(
             "job %s due at %s was missed (scheduler down longer than the grace time)",
             event.job_id,
@@ -216,10 +229,26 @@ class Scheduler:
         )
 
     def _shutdown(self) -> None:
-        if self._aps is not None:
-            self._halt.set()  # running jobs wind down; shutdown waits for them
+        if self._aps is None:
+            return
+        self._halt.set()  # running jobs wind down; shutdown waits for them
+        # Keep the lease while they do, so no standby starts the same jobs meanwhile.
+        drained = threading.Event()
+        keeper = threading.Thread(target=self._keep_lease, args=(drained,), daemon=True)
+        keeper.start()
+        try:
             self._aps.shutdown(wait=True)
+        finally:
+            drained.set()
+            keeper.join()
             self._aps = None
+
+    def _keep_lease(self, drained: threading.Event) -> None:
+        while not drained.wait(self.lease_seconds / 3):
+            try:
+                lease.acquire(self.engine, self.holder, self.lease_seconds)
+            except Exception:
+                logger.warning("could not renew the scheduler lease", exc_info=True)
 
 
 def serve(settings: Settings, engine: Engine, stop: threading.Event) -> None:

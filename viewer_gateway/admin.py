@@ -9,7 +9,8 @@ configured reports folder.
 # No `from __future__ import annotations`: FastAPI must resolve the route parameters'
 # annotations, which name `Admin`, local to `router`.
 import base64
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +25,7 @@ from vna.settings import Settings
 
 PREFIX = "/admin"
 CHALLENGE = 'Basic realm="vna admin", charset="UTF-8"'
+FRESH_SECONDS = 5.0  # half the page's refresh interval
 MEDIA = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8"}
 
 
@@ -48,15 +50,25 @@ def router(settings: Settings, engine: Engine) -> APIRouter:
 
     Admin = Annotated[Principal, Depends(admin)]
     r = APIRouter(prefix=PREFIX)
+    latest: dict[str, Any] = {}
+
+    def figures() -> dict[str, Any]:
+        """The figures, computed at most once per `FRESH_SECONDS` however many pages are open:
+        at a million instances one computation takes a second or two of the index's time."""
+        if time.monotonic() - latest.get("at", -FRESH_SECONDS) >= FRESH_SECONDS:
+            latest["data"] = status_page.collect(settings, engine)
+            latest["at"] = time.monotonic()
+        data: dict[str, Any] = latest["data"]
+        return data
 
     @r.get("/status", response_class=HTMLResponse)
     async def status(who: Admin) -> HTMLResponse:
-        data = await run_in_threadpool(status_page.collect, settings, engine)
+        data = await run_in_threadpool(figures)
         return HTMLResponse(status_page.to_html(data), headers={"Cache-Control": "no-store"})
 
     @r.get("/status.json")
     async def status_json(who: Admin) -> JSONResponse:
-        data = await run_in_threadpool(status_page.collect, settings, engine)
+        data = await run_in_threadpool(figures)
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     @r.get("/reports/{name}")

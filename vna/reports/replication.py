@@ -26,15 +26,16 @@ def collect(settings: Settings, engine: Engine, now: dt.datetime | None = None) 
     out: dict[str, Any] = {}
     with engine.connect() as conn:
         head = int(conn.execute(select(func.coalesce(func.max(ch.c.seq), 0))).scalar_one())
+        # One scan of the replicas for every target's states, not one per target.
+        by_target: dict[str, dict[str, tuple[int, int]]] = {t.name: {} for t in settings.targets}
+        for target, state, n, size in conn.execute(
+            select(r.c.target, r.c.state, func.count(), func.sum(r.c.size))
+            .where(r.c.target.in_(list(by_target)))
+            .group_by(r.c.target, r.c.state)
+        ):
+            by_target[target][state] = (int(n), int(size or 0))
         for t in settings.targets:
-            states = {
-                row[0]: (int(row[1]), int(row[2] or 0))
-                for row in conn.execute(
-                    select(r.c.state, func.count(), func.sum(r.c.size))
-                    .where(r.c.target == t.name)
-                    .group_by(r.c.state)
-                )
-            }
+            states = by_target[t.name]
             cursor = (
                 conn.execute(select(cur.c.seq).where(cur.c.target == t.name)).scalar_one_or_none()
                 or 0

@@ -121,12 +121,7 @@ def _reconcile(settings: Settings, engine: Engine, args: argparse.Namespace) -> 
             )
         if not args.dry_run:
             reset_skipped(engine, t.name)
-        print(
-            f"target {t.name}: {drift.checked} objects checked; missing {len(drift.missing)}, "
-            f"extra {len(drift.extra)}, wrong size {len(drift.wrong_size)}, "
-            f"wrong digest {len(drift.wrong_digest)}; "
-            f"{drift.requeued} queued for copying, {drift.deleted} deleted"
-        )
+        print(f"target {t.name}: {drift.summary()}")
         for kind in ("missing", "extra", "wrong_size", "wrong_digest"):
             for path in getattr(drift, kind)[:20]:
                 print(f"  {kind.replace('_', ' ')}: {path}")

@@ -56,11 +56,7 @@ def _reconciler(name: str) -> JobBody:
         with Progress(f"reconcile {name}", indexed_instances(engine), "instances", bar=False) as p:
             drift = reconcile(engine, target, progress=p.advance_to)
         reset_skipped(engine, name)
-        found = (
-            f"missing {len(drift.missing)}, extra {len(drift.extra)}, "
-            f"wrong size {len(drift.wrong_size)}, wrong digest {len(drift.wrong_digest)}"
-        )
-        summary = f"{drift.checked} objects checked; {found}; {drift.requeued} queued for copying"
+        summary = drift.summary()
         if drift.delete_refused:
             raise JobFailed(f"{summary}; delete refused: {drift.delete_refused}")
         return summary if drift.clean else f"drift found and queued for repair: {summary}"

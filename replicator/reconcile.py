@@ -46,6 +46,15 @@ class Drift:
     deleted: int = 0
     delete_refused: str | None = None
 
+    def summary(self) -> str:
+        """One line for the command's output and the job's record."""
+        return (
+            f"{self.checked} objects checked; missing {len(self.missing)}, "
+            f"extra {len(self.extra)}, wrong size {len(self.wrong_size)}, "
+            f"wrong digest {len(self.wrong_digest)}; "
+            f"{self.requeued} queued for copying, {self.deleted} deleted"
+        )
+
     @property
     def clean(self) -> bool:
         return not (self.missing or self.extra or self.wrong_size or self.wrong_digest)

@@ -64,6 +64,52 @@ class Archive:
         IngestDaemon(self.settings, self.engine, on_outcome=outcomes.append).run(once=True)
         return outcomes
 
+    def config_file(self) -> Path:
+        """A settings file for this archive's index and layout, for commands run by `main`."""
+        s = self.settings
+        path = self.base / "vna.toml"
+        path.write_text(
+            f"""
+[archive]
+root = "{s.archive.root}"
+quarantine = "{s.archive.quarantine}"
+[index]
+url = "{s.index.url}"
+[scheduler]
+verify_days = {s.scheduler.verify_days}
+keep_reports = {s.scheduler.keep_reports}
+reports = "{s.scheduler.reports}"
+"""
+        )
+        return path
+
+
+def write_config(base: Path, url: str, policy: str = "quarantine", extra: str = "") -> Path:
+    """A settings file with sources `pacs-a` (drop-a) and `pacs-b` (drop-b) below `base`,
+    then `extra` TOML (more tables)."""
+    p = base / "vna.toml"
+    p.write_text(
+        f"""
+[archive]
+root = "archive"
+quarantine = "quarantine"
+[index]
+url = "{url}"
+[ingest]
+settle_seconds = 0
+workers = 0
+duplicate_policy = "{policy}"
+[[sources]]
+name = "pacs-a"
+drop = "drop-a"
+issuer_of_patient_id = "PACS_A"
+[[sources]]
+name = "pacs-b"
+drop = "drop-b"
+{extra}"""
+    )
+    return p
+
 
 DEFAULT_SOURCES = [
     {"name": "pacs-a", "drop": "drop/pacs-a", "issuer_of_patient_id": "PACS_A"},

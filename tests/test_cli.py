@@ -10,33 +10,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.conftest import write_config
 from vna.cli.main import main
 from vna.sample import SampleSpec, generate
-
-
-def config(tmp_path: Path, url: str, policy: str = "quarantine") -> Path:
-    p = tmp_path / "vna.toml"
-    p.write_text(
-        f"""
-[archive]
-root = "archive"
-quarantine = "quarantine"
-[index]
-url = "{url}"
-[ingest]
-settle_seconds = 0
-workers = 0
-duplicate_policy = "{policy}"
-[[sources]]
-name = "pacs-a"
-drop = "drop-a"
-issuer_of_patient_id = "PACS_A"
-[[sources]]
-name = "pacs-b"
-drop = "drop-b"
-"""
-    )
-    return p
 
 
 def vna(cfg: Path, *args: str) -> int:
@@ -46,7 +22,7 @@ def vna(cfg: Path, *args: str) -> int:
 def test_status_counts_per_source_and_outcome(
     tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = config(tmp_path, index_url)
+    cfg = write_config(tmp_path, index_url)
     generate(tmp_path / "drop-a", SampleSpec(instances=3, rows=16, columns=16))
     generate(tmp_path / "drop-b", SampleSpec(instances=2, rows=16, columns=16, seed=7))
     (tmp_path / "drop-b" / "notes.txt").write_text("hello")
@@ -70,7 +46,7 @@ def test_status_counts_per_source_and_outcome(
 def test_quarantine_retry_after_the_policy_changed(
     tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = config(tmp_path, index_url)
+    cfg = write_config(tmp_path, index_url)
     generate(tmp_path / "drop-a", SampleSpec(instances=1, rows=16, columns=16))
     vna(cfg, "ingest", "--once")
     (f,) = generate(tmp_path / "drop-a", SampleSpec(instances=1, rows=16, columns=16))
@@ -85,7 +61,7 @@ def test_quarantine_retry_after_the_policy_changed(
 
     assert vna(cfg, "quarantine", "retry", entry["id"]) == 1  # same policy: still a conflict
     assert "0 taken in, 1 still quarantined" in capsys.readouterr().out
-    cfg = config(tmp_path, index_url, policy="replace")
+    cfg = write_config(tmp_path, index_url, policy="replace")
     assert vna(cfg, "quarantine", "retry", "--all") == 0
     out = capsys.readouterr().out
     assert "replaced" in out and "1 taken in" in out
@@ -99,7 +75,7 @@ def test_quarantine_retry_after_the_policy_changed(
 def test_verify_exits_non_zero_with_a_list(
     tmp_path: Path, index_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = config(tmp_path, index_url)
+    cfg = write_config(tmp_path, index_url)
     generate(tmp_path / "drop-a", SampleSpec(instances=2, rows=16, columns=16))
     vna(cfg, "ingest", "--once")
     victim = next((tmp_path / "archive" / "studies").rglob("*.dcm"))
@@ -141,7 +117,7 @@ def test_unreachable_index_is_exit_code_3(tmp_path: Path) -> None:
 
 
 def test_report_capacity_writes_each_format(tmp_path: Path, index_url: str) -> None:
-    cfg = config(tmp_path, index_url)
+    cfg = write_config(tmp_path, index_url)
     generate(tmp_path / "drop-a", SampleSpec(instances=2, rows=16, columns=16))
     vna(cfg, "ingest", "--once")
     for fmt in ("html", "csv", "json"):

@@ -15,7 +15,7 @@ import pytest
 
 from replicator import daemon
 from replicator.daemon import Replicator
-from tests.conftest import make_archive
+from tests.conftest import make_archive, write_config
 from vna.cli.main import main
 from vna.progress import Progress
 from vna.sample import SampleSpec, generate
@@ -41,28 +41,8 @@ def progress_lines(caplog: pytest.LogCaptureFixture, prefix: str) -> list[str]:
 
 
 def config(tmp_path: Path, url: str) -> Path:
-    p = tmp_path / "vna.toml"
-    p.write_text(
-        f"""
-[archive]
-root = "archive"
-quarantine = "quarantine"
-[index]
-url = "{url}"
-[ingest]
-settle_seconds = 0
-workers = 0
-[replicator]
-poll_seconds = 0.1
-[[sources]]
-name = "pacs-a"
-drop = "drop-a"
-[[targets]]
-name = "nfs"
-url = "file://{tmp_path}/replica"
-"""
-    )
-    return p
+    target = f'[replicator]\npoll_seconds = 0.1\n[[targets]]\nname = "nfs"\nurl = "file://{tmp_path}/replica"\n'
+    return write_config(tmp_path, url, extra=target)
 
 
 def test_log_lines_carry_count_share_rate_and_eta_at_most_once_per_interval(

@@ -235,7 +235,7 @@ def test_vna_jobs_run_records_a_verification_that_finds_damage(
     tmp_path: Path, index_url: str, capsys: object
 ) -> None:
     archive = share_archive(tmp_path, index_url)
-    config = _write_config(archive, tmp_path)
+    config = archive.config_file()
     with archive.engine.connect() as conn:
         first = conn.execute(
             select(schema.instances.c.path).order_by(schema.instances.c.id).limit(1)
@@ -257,7 +257,7 @@ def test_report_job_writes_dated_reports_and_keeps_the_newest(
     tmp_path: Path, index_url: str
 ) -> None:
     archive = share_archive(tmp_path, index_url)
-    config = _write_config(archive, tmp_path)
+    config = archive.config_file()
     for _ in range(3):
         assert vna_main(["--config", str(config), "jobs", "run", "report:capacity"]) == 0
         time.sleep(1.1)  # names carry the second
@@ -276,25 +276,6 @@ def _stored_next_run(engine: Engine, job: str) -> float | None:
             select(store.c.next_run_time).where(store.c.id == job)
         ).scalar_one_or_none()
     return float(value) if value is not None else None
-
-
-def _write_config(archive: Archive, tmp_path: Path) -> Path:
-    s = archive.settings
-    path = tmp_path / "vna.toml"
-    path.write_text(
-        f"""
-[archive]
-root = "{s.archive.root}"
-quarantine = "{s.archive.quarantine}"
-[index]
-url = "{s.index.url}"
-[scheduler]
-verify_days = {s.scheduler.verify_days}
-keep_reports = {s.scheduler.keep_reports}
-reports = "{s.scheduler.reports}"
-"""
-    )
-    return path
 
 
 def test_edited_job_times_are_picked_up_without_a_restart(tmp_path: Path, index_url: str) -> None:

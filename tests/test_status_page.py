@@ -38,13 +38,7 @@ def site(tmp_path: Path, index_url: str) -> Archive:
     generate(archive.drop(), SampleSpec(instances=6, per_series=3, rows=16, columns=16))
     (archive.drop() / "not-dicom.dcm").write_bytes(b"this is a PDF, not DICOM" * 10)
     archive.ingest()
-    config = tmp_path / "vna.toml"
-    config.write_text(
-        f'[archive]\nroot = "{archive.settings.archive.root}"\n'
-        f'quarantine = "{archive.settings.archive.quarantine}"\n'
-        f'[index]\nurl = "{archive.settings.index.url}"\n'
-        f'[scheduler]\nreports = "{archive.settings.scheduler.reports}"\n'
-    )
+    config = archive.config_file()
     assert vna_main(["--config", str(config), "jobs", "run", "report:capacity"]) == 0
     failed = runs.start(archive.engine, "reconcile:cloud", "schedule")
     runs.finish(archive.engine, failed, "failed", "TargetUnavailable: connection refused")

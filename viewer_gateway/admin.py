@@ -8,7 +8,6 @@ configured reports folder.
 
 # No `from __future__ import annotations`: FastAPI must resolve the route parameters'
 # annotations, which name `Admin`, local to `router`.
-import base64
 import time
 from typing import Annotated, Any
 
@@ -33,15 +32,7 @@ def router(settings: Settings, engine: Engine) -> APIRouter:
     gw = settings.gateway
 
     def admin(request: Request) -> Principal:
-        header = request.headers.get("authorization")
-        scheme, _, value = (header or "").partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                _user, _, key = base64.b64decode(value, validate=True).decode().partition(":")
-            except ValueError:  # bad base64 (binascii.Error) or not UTF-8: both ValueErrors
-                raise Unauthorized("malformed Basic credentials") from None
-            header = f"Bearer {key}" if key else None
-        who = authenticate(gw, header)
+        who = authenticate(gw, request.headers.get("authorization"), basic=True)
         if who.name == "anonymous":
             raise Unauthorized("the status page needs an admin key")
         require(who, "admin")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -25,14 +26,23 @@ def hash_key(key: str) -> str:
 
 
 def authenticate(
-    settings: GatewaySettings, authorization: str | None, key_param: str | None = None
+    settings: GatewaySettings,
+    authorization: str | None,
+    key_param: str | None = None,
+    basic: bool = False,
 ) -> Principal:
-    """The caller named by `Authorization: Bearer|ApiKey <key>`; Unauthorized if none fits."""
+    """The caller named by `Authorization: Bearer|ApiKey <key>`; Unauthorized if none fits.
+
+    With `basic`, also HTTP Basic with the key as password: what a browser sends for a
+    page a person opens (the admin pages), never asked of DICOMweb clients.
+    """
     presented = None
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() in ("bearer", "apikey") and value.strip():
             presented = value.strip()
+        elif basic and scheme.lower() == "basic":
+            presented = _basic_password(value)
         else:
             raise Unauthorized("Authorization must be 'Bearer <key>' or 'ApiKey <key>'")
     elif key_param:
@@ -46,6 +56,16 @@ def authenticate(
         if hmac.compare_digest(digest, key.sha256.lower()):
             return Principal(key.name, key.role)
     raise Unauthorized("unknown key")
+
+
+def _basic_password(value: str) -> str:
+    try:
+        _user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except ValueError:  # bad base64 (binascii.Error) or not UTF-8: both ValueErrors
+        raise Unauthorized("malformed Basic credentials") from None
+    if not password:
+        raise Unauthorized("credentials required (the key as the password)")
+    return password
 
 
 def require(principal: Principal, role: str) -> None:

@@ -63,9 +63,8 @@ def collect(settings: Settings, engine: Engine) -> dict[str, Any]:
     hours = [(now - dt.timedelta(hours=k)).strftime("%Y-%m-%dT%H") for k in range(23, -1, -1)]
     failed_runs = [
         r.to_dict()
-        for r in runs.history(engine, limit=50)
-        if r.outcome in ("failed", "missed", "interrupted")
-    ][:RECENT]
+        for r in runs.history(engine, limit=RECENT, outcomes=("failed", "missed", "interrupted"))
+    ]
     reports = files.listing(settings.scheduler.reports)
     return {
         "generated_at": now.isoformat(timespec="seconds"),

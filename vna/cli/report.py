@@ -24,9 +24,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     from vna.reports.capacity import build
 
     report = build(settings, open_index(settings.index.url))
-    text = {"html": render.to_html, "csv": render.to_csv, "json": render.to_json}[args.format](
-        report
-    )
+    text = render.FORMATS[args.format](report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")

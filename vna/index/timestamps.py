@@ -13,6 +13,13 @@ def aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def day_bucket(column: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
+    """`YYYY-MM-DD` of a timestamp column, computed by the database on either backend."""
+    if dialect == "sqlite":
+        return func.date(column)
+    return func.to_char(column, "YYYY-MM-DD")
+
+
 def hour_bucket(column: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
     """`YYYY-MM-DDTHH` of a timestamp column, computed by the database on either backend."""
     if dialect == "sqlite":

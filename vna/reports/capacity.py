@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, case, func, select
 
 from vna.index import schema
-from vna.index.timestamps import aware
+from vna.index.timestamps import aware, day_bucket
 from vna.settings import Settings
 
 WINDOWS = (7, 30, 90)
@@ -69,11 +69,7 @@ def build(
     """Compute the report; `disk` = (total, free) overrides the filesystem (for tests)."""
     moment = now or dt.datetime.now(dt.UTC)
     i, se, q = schema.instances, schema.series, schema.quarantine
-    day = (
-        func.date(i.c.received_at)
-        if engine.dialect.name == "sqlite"
-        else func.to_char(i.c.received_at, "YYYY-MM-DD")
-    )
+    day = day_bucket(i.c.received_at, engine.dialect.name)
     with engine.connect() as conn:
         total_n, total_b = conn.execute(
             select(func.count(), func.coalesce(func.sum(i.c.size), 0))
@@ -147,12 +143,7 @@ def _target_figures(
     targets does not pay one pass per target."""
     r = schema.replicas
     verified = r.c.state == "verified"
-    vday = (
-        func.date(r.c.verified_at)
-        if dialect == "sqlite"
-        else func.to_char(r.c.verified_at, "YYYY-MM-DD")
-    )
-    day = case((verified, vday), else_=None)
+    day = case((verified, day_bucket(r.c.verified_at, dialect)), else_=None)
     figures = {t.name: TargetFigures(t.name) for t in settings.targets}
     monthly: dict[str, dict[str, int]] = {t.name: defaultdict(int) for t in settings.targets}
     rows = conn.execute(

@@ -16,7 +16,6 @@ from pathlib import Path
 from vna.reports import render
 from vna.reports.capacity import CapacityReport
 
-FORMATS = {"html": render.to_html, "csv": render.to_csv, "json": render.to_json}
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<stamp>\d{8}T\d{6}Z)\.(?P<ext>html|csv|json)$")
 
 
@@ -37,7 +36,7 @@ def write(report: CapacityReport, folder: Path, when: dt.datetime, keep: int) ->
     folder.mkdir(parents=True, exist_ok=True)
     stamp = when.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     written = []
-    for ext, renderer in FORMATS.items():
+    for ext, renderer in render.FORMATS.items():
         final = folder / f"capacity-{stamp}.{ext}"
         partial = folder / f".{final.name}.partial"
         with partial.open("w", encoding="utf-8") as fh:
@@ -46,7 +45,7 @@ def write(report: CapacityReport, folder: Path, when: dt.datetime, keep: int) ->
             os.fsync(fh.fileno())
         partial.replace(final)
         written.append(final)
-    for ext in FORMATS:
+    for ext in render.FORMATS:
         for old in [f for f in listing(folder) if f.format == ext][keep:]:
             old.path.unlink(missing_ok=True)
     return written

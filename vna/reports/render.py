@@ -215,3 +215,7 @@ def to_html(report: CapacityReport) -> str:
 <h2>Quarantine</h2><table><tr><th>reason</th><th>files held</th></tr>{quarantine}</table>
 </body></html>
 """
+
+
+# Every format the report is written in, by its file extension.
+FORMATS = {"html": to_html, "csv": to_csv, "json": to_json}

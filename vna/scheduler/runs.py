@@ -115,12 +115,19 @@ def interrupt_stale(engine: Engine) -> int:
         return int(result.rowcount)
 
 
-def history(engine: Engine, job: str | None = None, limit: int = 20) -> list[Run]:
-    """The newest runs first, of one job or of all."""
+def history(
+    engine: Engine,
+    job: str | None = None,
+    limit: int = 20,
+    outcomes: tuple[str, ...] | None = None,
+) -> list[Run]:
+    """The newest runs first, of one job or of all, and only those `outcomes` if given."""
     jr = schema.job_runs
     query = select(jr).order_by(jr.c.started_at.desc(), jr.c.id.desc()).limit(limit)
     if job is not None:
         query = query.where(jr.c.job == job)
+    if outcomes is not None:
+        query = query.where(jr.c.outcome.in_(outcomes))
     with engine.connect() as conn:
         return [_run(row) for row in conn.execute(query)]
 

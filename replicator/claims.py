@@ -5,6 +5,11 @@ Workers on several machines share one PostgreSQL index: a claim takes rows with
 never take the same copy, and the copies of a worker that died are taken over
 once its lease ran out. On SQLite the claim runs in a write transaction (one
 writer at a time), which gives the same guarantee on one machine.
+
+Claims and results are committed without waiting for the disk: a power cut may
+roll back the last of them, which only means a lease runs out again or a copy
+is checked again (found on the target and verified, not uploaded twice). A copy
+never counts as verified before it was (DESIGN.md, invariant 4).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, Update, and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from vna.index import schema
@@ -32,6 +37,8 @@ class Copy:
     digest: str
     size: int
     attempts: int
+    interrupted: bool = False  # taken over from a worker that died: a partial upload may be left
+    tried: bool = True  # copied or attempted before: the target may already hold it
 
 
 def now() -> dt.datetime:
@@ -88,19 +95,30 @@ def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: f
     """Lease up to `limit` copies that are due on `target`."""
     r = schema.replicas
     moment = now()
-    cols = (r.c.id, r.c.sop_uid, r.c.path, r.c.digest, r.c.size, r.c.attempts)
+    cols = (
+        r.c.id,
+        r.c.sop_uid,
+        r.c.path,
+        r.c.digest,
+        r.c.size,
+        r.c.attempts,
+        r.c.uploaded_at,
+        r.c.verified_at,
+        r.c.last_error,
+    )
     # Two queries rather than one OR: each is an index range on (target, state, ...), so an
     # archive of millions of verified copies costs nothing to poll.
     due = and_(
         r.c.target == target, r.c.state.in_(("pending", "failed")), r.c.next_attempt_at <= moment
     )
     orphaned = and_(r.c.target == target, r.c.state == "copying", r.c.claimed_until < moment)
-    with write_transaction(engine) as conn:
+    with write_transaction(engine, durable=False) as conn:
         rows = list(
             conn.execute(
                 select(*cols).where(orphaned).limit(limit).with_for_update(skip_locked=True)
             ).all()
         )
+        taken_over = {row.id for row in rows}
         if len(rows) < limit:
             rows += conn.execute(
                 select(*cols)
@@ -121,7 +139,17 @@ def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: f
             )
         )
     return [
-        Copy(row.id, target, row.sop_uid, row.path, row.digest, row.size, row.attempts)
+        Copy(
+            row.id,
+            target,
+            row.sop_uid,
+            row.path,
+            row.digest,
+            row.size,
+            row.attempts,
+            interrupted=row.id in taken_over,
+            tried=bool(row.attempts or row.uploaded_at or row.verified_at or row.last_error),
+        )
         for row in rows
     ]
 
@@ -135,43 +163,63 @@ class Result:
     retry_in: float = 0.0
 
 
+def _ending(*stamps: str) -> Update:
+    """How a batch of copies ended, as one statement run once per copy (executemany):
+    SQLAlchemy builds and compiles it once, not once per copy."""
+    r = schema.replicas
+    return (
+        update(r)
+        .where(
+            r.c.id == bindparam("b_id"),
+            r.c.digest == bindparam("b_digest"),
+            r.c.claimed_by == bindparam("b_worker"),
+        )
+        .values(
+            state=bindparam("b_state"),
+            claimed_by=None,
+            claimed_until=None,
+            attempts=bindparam("b_attempts"),
+            last_error=bindparam("b_error"),
+            **{stamp: bindparam("b_moment") for stamp in stamps},
+        )
+    )
+
+
+_UPLOADED = _ending("verified_at", "uploaded_at")
+_PRESENT = _ending("verified_at")
+_FAILED = _ending("next_attempt_at")
+
+
 def record(engine: Engine, worker: str, results: list[Result]) -> None:
     """Write how copies ended; a copy re-queued meanwhile (new digest) is left alone."""
     if not results:
         return
-    r = schema.replicas
     moment = now()
-    with write_transaction(engine) as conn:
-        for res in results:
-            values: dict[str, object] = {
-                "state": res.state,
-                "claimed_by": None,
-                "claimed_until": None,
-                "attempts": res.copy.attempts + 1,
-                "last_error": res.error,
+    batches: dict[Update, list[dict[str, Any]]] = {_UPLOADED: [], _PRESENT: [], _FAILED: []}
+    for res in results:
+        verified = res.state == "verified"
+        stmt = (_UPLOADED if res.uploaded else _PRESENT) if verified else _FAILED
+        batches[stmt].append(
+            {
+                "b_id": res.copy.id,
+                "b_digest": res.copy.digest,
+                "b_worker": worker,
+                "b_state": res.state,
+                "b_attempts": 0 if verified else res.copy.attempts + 1,
+                "b_error": res.error,
+                "b_moment": moment if verified else moment + dt.timedelta(seconds=res.retry_in),
             }
-            if res.state == "verified":
-                values["verified_at"] = moment
-                values["attempts"] = 0
-                if res.uploaded:
-                    values["uploaded_at"] = moment
-            else:
-                values["next_attempt_at"] = moment + dt.timedelta(seconds=res.retry_in)
-            conn.execute(
-                update(r)
-                .where(
-                    r.c.id == res.copy.id,
-                    r.c.digest == res.copy.digest,
-                    r.c.claimed_by == worker,
-                )
-                .values(**values)
-            )
+        )
+    with write_transaction(engine, durable=False) as conn:
+        for stmt, params in batches.items():
+            if params:
+                conn.execute(stmt, params)
 
 
 def release(engine: Engine, worker: str) -> None:
     """Give back every copy this worker still holds (a clean stop)."""
     r = schema.replicas
-    with write_transaction(engine) as conn:
+    with write_transaction(engine, durable=False) as conn:
         conn.execute(
             update(r)
             .where(r.c.claimed_by == worker, r.c.state == "copying")

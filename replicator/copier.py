@@ -3,7 +3,14 @@
 Nothing counts as replicated before it was verified (DESIGN.md, invariant 4):
 by reading the object back and hashing it (`verify = "read-back"`), or from the
 size and the digest kept in the object's metadata (`verify = "metadata"`,
-where the backend keeps metadata; else read-back). Tier 0 is only ever read.
+where the backend keeps metadata; else read-back). Verifying by metadata needs
+no request more when the put's own answer proved the copy (the store's MD5 of
+what it kept, sent with the digest in one request; see `Target.put`). Tier 0
+is only ever read.
+
+A copy is looked for on the target first only where it may already be there:
+tried before, taken over from a worker that died, or named in its folder's
+listing (`Presence`). Else it goes straight up.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import io
 from pathlib import Path
 
 from replicator.claims import Copy, Result
+from replicator.presence import Presence
 from replicator.throttle import Throttle, ThrottledReader
 from vna import digest
 from vna.layout import Layout
@@ -20,11 +28,17 @@ from vna.targets.target import SINGLE_PUT_MAX, Target
 
 
 def copy_one(
-    target: Target, layout: Layout, job: Copy, throttle: Throttle, verify: str, backoff_cap: float
+    target: Target,
+    presence: Presence,
+    layout: Layout,
+    job: Copy,
+    throttle: Throttle,
+    verify: str,
+    backoff_cap: float,
 ) -> Result:
     """Make (or confirm) one copy; every failure comes back classified, never raised."""
     try:
-        uploaded = _copy(target, layout, job, throttle, verify)
+        uploaded = _copy(target, presence, layout, job, throttle, verify)
         return Result(job, "verified", uploaded=uploaded)
     except Exception as exc:
         kind = classify(exc)
@@ -35,39 +49,44 @@ def copy_one(
         return Result(job, "failed", error=f"{kind.value}: {message}", retry_in=wait)
 
 
-def _copy(target: Target, layout: Layout, job: Copy, throttle: Throttle, verify: str) -> bool:
+def _copy(
+    target: Target, presence: Presence, layout: Layout, job: Copy, throttle: Throttle, verify: str
+) -> bool:
     local = layout.path(job.path)
-    existing = target.stat(job.path)
+    look = job.tried or job.interrupted or presence.held(job.path)
+    existing = target.stat(job.path) if look else None
     if existing is not None and existing.size == job.size and existing.digest in (job.digest, None):
         try:
             _verify(target, job, verify)
             return False  # already there and proven: nothing uploaded
         except VerificationFailed:
             pass
-    _upload(target, local, job, throttle)
-    _verify(target, job, verify)
+    proven = _upload(target, local, job, throttle)
+    if not (proven and verify == "metadata"):
+        _verify(target, job, verify)
     return True
 
 
-def _upload(target: Target, local: Path, job: Copy, throttle: Throttle) -> None:
+def _upload(target: Target, local: Path, job: Copy, throttle: Throttle) -> bool:
     """Upload tier 0's bytes, after checking they are the bytes the index vouches for."""
     try:
         fh = local.open("rb")
     except FileNotFoundError:
         raise TargetError(f"tier 0 copy of {job.path} is missing", Kind.SKIP) from None
     with fh:
+        if job.interrupted:
+            target.discard_partial(job.path)
         if job.size <= SINGLE_PUT_MAX:
             data = fh.read()
             if len(data) != job.size or digest.of_bytes(data) != job.digest:
                 raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
-            target.put(
+            return target.put(
                 job.path, local, job.digest, job.size, ThrottledReader(io.BytesIO(data), throttle)
             )
-            return
         if digest.of_stream(fh) != job.digest:
             raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
         fh.seek(0)
-        target.put(job.path, local, job.digest, job.size, ThrottledReader(fh, throttle))
+        return target.put(job.path, local, job.digest, job.size, ThrottledReader(fh, throttle))
 
 
 def _verify(target: Target, job: Copy, verify: str) -> None:

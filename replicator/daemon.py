@@ -31,7 +31,8 @@ from sqlalchemy import Engine, and_, exists, func, select
 
 from replicator.claims import Copy, Result, claim, record, release
 from replicator.copier import copy_one
-from replicator.feed import feed
+from replicator.feed import FEED_BATCH, feed
+from replicator.presence import Presence
 from replicator.throttle import Throttle
 from vna.cron import CronWindow
 from vna.index import schema
@@ -59,12 +60,15 @@ class _Lane:
     window: CronWindow | None
     pool: ThreadPoolExecutor
     target: Target | None = None
+    presence: Presence | None = None
     down_until: float = 0.0
     down_attempts: int = 0
     in_flight: dict[Future[Result], Copy] = field(default_factory=dict)
     copied: int = 0
     uploaded: int = 0
     failed: int = 0
+    fed_at: float = 0.0  # monotonic time the change feed was last read
+    feed_more: bool = False  # the last read filled a batch: more is waiting
 
 
 class Replicator:
@@ -202,16 +206,28 @@ class Replicator:
     def _step(self, lane: _Lane, ignore_window: bool) -> bool:
         """One round for one target; True if it did or has work in hand."""
         name = lane.settings.name
-        fed = feed(self.engine, name)
+        cfg = self.settings.replicator
+        fed = 0
+        # While copies are in flight, the feed is read once per poll (or at once while it
+        # has more): not once per finished copy, which would spend the loop's time on it.
+        if (
+            not lane.in_flight
+            or lane.feed_more
+            or time.monotonic() - lane.fed_at >= cfg.poll_seconds
+        ):
+            fed = feed(self.engine, name)
+            lane.fed_at = time.monotonic()
+            lane.feed_more = fed >= FEED_BATCH
         self._collect(lane, block=False)
         if lane.window and not ignore_window and not lane.window.is_open():
             return bool(lane.in_flight)
-        target = self._target(lane)
-        if target is None:
+        target, presence = self._target(lane), lane.presence
+        if target is None or presence is None:
             return bool(fed)
+        # Claimed in batches once half the queue has drained: every thread stays busy, and
+        # the index is written once per batch of copies, not once per copy.
         room = lane.settings.concurrency * 2 - len(lane.in_flight)
-        if room > 0:
-            cfg = self.settings.replicator
+        if room >= lane.settings.concurrency:
             jobs = claim(
                 self.engine, name, self.worker, min(room, cfg.batch_size), cfg.lease_seconds
             )
@@ -220,6 +236,7 @@ class Replicator:
                 fut = lane.pool.submit(
                     copy_one,
                     target,
+                    presence,
                     self.layout,
                     job,
                     lane.throttle,
@@ -238,6 +255,7 @@ class Replicator:
             return None
         try:
             lane.target = open_target(lane.settings)
+            lane.presence = Presence(lane.target)
             lane.down_attempts = 0
         except TargetError as exc:
             lane.down_attempts += 1
@@ -257,8 +275,10 @@ class Replicator:
         results = []
         for fut in done:
             lane.in_flight.pop(fut)
-            res = fut.result()
-            results.append(res)
+            results.append(fut.result())
+        if lane.target is not None and any(res.uploaded for res in results):
+            results = self._settle(lane, lane.target, results)
+        for res in results:
             if res.state == "verified":
                 lane.copied += 1
                 self._last_verified = time.monotonic()
@@ -277,6 +297,28 @@ class Replicator:
                     "%-9s target=%s %s: %s", res.state, lane.settings.name, res.copy.path, res.error
                 )
         record(self.engine, self.worker, results)
+
+    def _settle(self, lane: _Lane, target: Target, results: list[Result]) -> list[Result]:
+        """Uploads count as verified only once durable on the target: one flush per batch
+        (a folder target fsyncs each folder written to once, not once per file)."""
+        try:
+            target.settle()
+        except TargetError as exc:
+            wait = self.settings.replicator.backoff_max_seconds
+            logger.error("target %s: uploads not made durable: %s", lane.settings.name, exc)
+            return [
+                dataclasses.replace(
+                    res,
+                    state="failed",
+                    uploaded=False,
+                    error=f"not made durable: {exc}",
+                    retry_in=backoff(res.copy.attempts, wait),
+                )
+                if res.uploaded
+                else res
+                for res in results
+            ]
+        return results
 
     def _settled(self, max_attempts: int, ignore_window: bool) -> bool:
         """--once: nothing left that could still succeed on this run."""

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ class FlakyProxy:
         self.failures = failures
         self.refused = 0
         self.forwarded = 0
+        self.methods: Counter[str] = Counter()  # forwarded requests by HTTP method
         self._lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
@@ -165,6 +167,7 @@ class FlakyProxy:
                         proxy.refused += 1
                     else:
                         proxy.forwarded += 1
+                        proxy.methods[self.command] += 1
                 if refuse:
                     payload = b"<Error><Code>SlowDown</Code><Message>Slow down</Message></Error>"
                     self.send_response(status)

@@ -246,3 +246,48 @@ def test_edited_window_takes_effect_without_restart(tmp_path: Path) -> None:
     finally:
         daemon_mod.RELOAD_SECONDS = 5.0
     assert rep.lanes["nfs"].uploaded == 8
+
+
+def test_new_copies_to_an_object_store_cost_one_put_each(tmp_path: Path, azurite: Any) -> None:
+    """A copy never tried goes straight up (its folder listed once, not a stat per copy), and
+    the put's answer (the MD5 the store computed) verifies it without another request."""
+    from tests.servers import FlakyProxy
+
+    proxy = FlakyProxy(azurite.port, failures=0)
+    try:
+        endpoint = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+        url = f"az://{azurite.new_container()}/site-1"
+        target = {
+            "name": "cloud",
+            "url": url,
+            "storage_options": {"connection_string": endpoint},
+            "verify": "metadata",
+        }
+        archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target])
+
+        complete, r = replicate(archive)
+
+        assert complete and r.lanes["cloud"].uploaded == 8
+        assert proxy.methods["PUT"] == 8
+        assert proxy.methods["HEAD"] == 0
+        assert proxy.methods["GET"] == 2  # a listing of each series folder: 8 instances in 2
+        assert_target_matches_index(archive, "cloud")
+    finally:
+        proxy.close()
+
+
+def test_restored_index_finds_what_every_target_holds(
+    tmp_path: Path, target_config: dict[str, Any]
+) -> None:
+    """Folder listings, not per-copy stats, tell a copy never tried that the target has it."""
+    archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target_config])
+    name = target_config["name"]
+    replicate(archive)
+    with archive.engine.begin() as conn:  # a backup of the index from before replication
+        conn.execute(schema.replicas.delete())
+        conn.execute(schema.replication_cursors.delete())
+
+    complete, r = replicate(archive)
+
+    assert complete and r.lanes[name].uploaded == 0 and r.lanes[name].copied == 8
+    assert replica_states(archive, name) == {"verified": 8}

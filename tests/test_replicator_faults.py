@@ -152,3 +152,31 @@ bandwidth = "300KB/s"
     assert uploads <= 120
     assert not [p for p in (tmp_path / "replica").rglob(".*.part-*")]
     assert_target_matches_index(archive, "nfs")
+
+
+def test_uploads_count_only_once_made_durable(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A folder target that cannot fsync its folders: the copies are there but not durable,
+    so none counts as verified; once it can, they are verified without being sent again."""
+    from tests.test_replicator import archive_with, replicate
+    from vna.targets.faults import Kind, TargetError
+    from vna.targets.local import LocalTarget
+
+    archive = archive_with(
+        tmp_path, f"sqlite:///{tmp_path}/index.db", [{"name": "nfs", "url": f"file://{tmp_path}/r"}]
+    )
+
+    def fails(self: LocalTarget) -> None:
+        raise TargetError("fsync: input/output error", Kind.RETRY)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalTarget, "settle", fails)
+        complete, r = replicate(archive, max_attempts=1)
+    assert not complete and r.lanes["nfs"].failed == 8
+    assert replica_states(archive, "nfs") == {"failed": 8}
+
+    r = Replicator(archive.settings, archive.engine)
+    with archive.engine.begin() as conn:  # due now, not after the back-off
+        conn.execute(schema.replicas.update().values(next_attempt_at=schema.replicas.c.queued_at))
+    assert r.run(once=True)
+    assert r.lanes["nfs"].uploaded == 0 and r.lanes["nfs"].copied == 8
+    assert_target_matches_index(archive, "nfs")

@@ -96,16 +96,37 @@ def _sqlite_begin_immediate(conn: Any) -> None:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
+def write_transaction(engine: Engine, durable: bool = True) -> Iterator[Connection]:
     """A transaction that means to write: on SQLite it takes the write lock at BEGIN, so
-    two writers never deadlock upgrading read locks; elsewhere a plain transaction."""
+    two writers never deadlock upgrading read locks; elsewhere a plain transaction.
+
+    `durable=False` is for bookkeeping that a power cut may roll back without harm
+    (a lease, a copy recorded as verified: lost, the copy is checked again): its
+    commit does not wait for the disk (SQLite synchronous=NORMAL, which in WAL mode
+    still never corrupts; PostgreSQL synchronous_commit off). A process crash loses
+    nothing either way; only the operating system going down can.
+    """
     with engine.connect() as conn:
         conn.info["write"] = True
+        relaxed = not durable and conn.dialect.name == "sqlite"
         try:
+            if relaxed:
+                _sqlite_synchronous(conn, "NORMAL")
             with conn.begin():
+                if not durable and not relaxed:
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 yield conn
         finally:
             conn.info.pop("write", None)
+            if relaxed:
+                _sqlite_synchronous(conn, "FULL")
+
+
+def _sqlite_synchronous(conn: Connection, level: str) -> None:
+    """Set on the driver's connection: through SQLAlchemy it would begin a transaction."""
+    driver = conn.connection.driver_connection
+    if driver is not None:
+        driver.execute(f"PRAGMA synchronous={level}")
 
 
 def alembic_config(engine: Engine) -> Config:

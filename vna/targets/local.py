@@ -1,8 +1,9 @@
 """A target that is a folder: local disk or a mounted NFS/SMB share.
 
 Written like tier 0 itself: temp name in the destination folder, fsync, rename,
-fsync of the folder, so a partial file is never visible under its real name
-and a finished one survives a power cut. The digest travels in an extended
+so a partial file is never visible under its real name; `settle` then fsyncs
+each folder renamed into once, so the finished files survive a power cut (one
+flush per folder per batch of copies, not per file). The digest travels in an extended
 attribute where the filesystem keeps them (many NFS/SMB mounts do not: then
 verification reads the file back).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,16 +38,16 @@ class LocalTarget:
         except OSError as exc:
             raise TargetError(f"target {name}: cannot create {root}: {exc}", classify(exc)) from exc
         self.capabilities = Capabilities(metadata=_xattrs_work(root), atomic_put=True)
+        self._lock = threading.Lock()
+        self._unsettled: set[Path] = set()  # folders renamed into since the last settle
 
     def _path(self, relpath: str) -> Path:
         return self.root / relpath
 
-    def put(self, relpath: str, local: Path, digest: str, size: int, reader: Readable) -> None:
+    def put(self, relpath: str, local: Path, digest: str, size: int, reader: Readable) -> bool:
         dest = self._path(relpath)
         try:
             makedirs_durable(dest.parent)
-            for stale in dest.parent.glob(f".{dest.name}.part-*"):
-                stale.unlink(missing_ok=True)  # left by a copy of this object that was killed
             tmp = dest.parent / f".{dest.name}.part-{uuid.uuid4().hex[:8]}"
             try:
                 with tmp.open("wb") as out:
@@ -56,14 +58,39 @@ class LocalTarget:
                 if self.capabilities.metadata:
                     os.setxattr(tmp, XATTR, digest.encode())
                 os.replace(tmp, dest)
-            finally:
+            except BaseException:
                 tmp.unlink(missing_ok=True)
-            fsync_dir(dest.parent)
+                raise
+            with self._lock:
+                self._unsettled.add(dest.parent)
+            return False  # the file system says nothing about the bytes: verified after
         except TargetError:
             raise
         except OSError as exc:
             raise TargetError(
                 f"target {self.name}: writing {relpath}: {exc}", classify(exc)
+            ) from exc
+
+    def settle(self) -> None:
+        with self._lock:
+            folders, self._unsettled = self._unsettled, set()
+        try:
+            for folder in folders:
+                fsync_dir(folder)
+        except OSError as exc:
+            raise TargetError(
+                f"target {self.name}: fsync of {folder}: {exc}", classify(exc)
+            ) from exc
+
+    def discard_partial(self, relpath: str) -> None:
+        """Temp files of killed uploads: looked for only then, as it lists the folder."""
+        dest = self._path(relpath)
+        try:
+            for stale in dest.parent.glob(f".{dest.name}.part-*"):
+                stale.unlink(missing_ok=True)
+        except OSError as exc:
+            raise TargetError(
+                f"target {self.name}: cleaning up {relpath}: {exc}", classify(exc)
             ) from exc
 
     def stat(self, relpath: str) -> ObjectInfo | None:
@@ -104,6 +131,15 @@ class LocalTarget:
             raise TargetError(
                 f"target {self.name}: delete {relpath}: {exc}", classify(exc)
             ) from exc
+
+    def names(self, folder: str) -> set[str]:
+        try:
+            with os.scandir(self._path(folder)) as entries:
+                return {e.name for e in entries if not e.name.startswith(".")}
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise TargetError(f"target {self.name}: list {folder}: {exc}", classify(exc)) from exc
 
     def list(self, prefix: str = STUDIES) -> Iterator[ObjectInfo]:
         base = self.root / prefix

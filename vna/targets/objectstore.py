@@ -6,21 +6,28 @@ the same. Objects are written so that a partial object is never visible: one
 PUT for objects that fit in memory, else a streamed upload committed on close
 (S3 multipart, Azure block list) and abandoned uncommitted on error.
 
-Every copy costs a stat, a put and a verification, so for adlfs and s3fs those
-three go straight to the filesystem's own async client (`_Azure`, `_S3`), one
-request each (Azure reads an object over 32 MiB in the SDK's 4 MiB ranges),
-where fsspec's generic calls spend more: `open(path, "wb")` on adlfs sends Put
-Block + Put Block List even for a small object; `info()` lists the "folder"
-whenever the object is missing, and on s3fs needs a second HEAD for the
-metadata; a file opened for reading asks for the size first and then reads in
-ranges. The calls run on fsspec's IO loop, so every copier thread shares the
-one filesystem, its session and its connection pool.
+A copy costs a put and a verification (and a stat first, when the object may
+already be there), so for adlfs and s3fs those go straight to the filesystem's
+own async client (`_Azure`, `_S3`), one request each (Azure reads an object
+over 32 MiB in the SDK's 4 MiB ranges), where fsspec's generic calls spend
+more: `open(path, "wb")` on adlfs sends Put Block + Put Block List even for a
+small object; `info()` lists the "folder" whenever the object is missing, and
+on s3fs needs a second HEAD for the metadata; a file opened for reading asks
+for the size first and then reads in ranges. The calls run on fsspec's IO
+loop, so every copier thread shares the one filesystem, its session and its
+connection pool.
+
+The answer to a put proves the copy where the store reports the MD5 it computed
+over the bytes it kept (Azure's Content-MD5, S3's ETag of a single PutObject
+without KMS encryption): equal to the MD5 of what was sent, no request more is
+needed to verify by metadata.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import importlib
 import io
 from collections.abc import Awaitable, Callable, Iterator
@@ -71,9 +78,14 @@ class Direct(Protocol):
 
     async def head(self, path: str) -> tuple[int, dict[str, str]] | None: ...
 
-    async def put(self, path: str, data: bytes, metadata: dict[str, str]) -> None: ...
+    async def put(self, path: str, data: bytes, metadata: dict[str, str]) -> str | None:
+        """Store one object; the hex MD5 the store reports for what it kept, if it does."""
 
     async def get(self, path: str) -> Body: ...
+
+    async def names(self, folder: str) -> set[str]:
+        """Names of the objects directly below `folder`: one listing request per
+        thousand names or so, none to find out whether the folder exists."""
 
 
 class _Azure:
@@ -98,17 +110,19 @@ class _Azure:
                 return None
         return int(props.size), dict(props.metadata or {})
 
-    async def put(self, path: str, data: bytes, metadata: dict[str, str]) -> None:
+    async def put(self, path: str, data: bytes, metadata: dict[str, str]) -> str | None:
         # Up to the SDK's max_single_put_size (64 MiB, = SINGLE_PUT_MAX) this is one Put Blob;
         # "is_directory" is what adlfs writes on its own files, so its listings agree.
         async with self._client(path) as blob:
-            await blob.upload_blob(
+            answer = await blob.upload_blob(
                 data,
                 length=len(data),
                 overwrite=True,
                 metadata={**metadata, "is_directory": "false"},
                 **self.timeouts,
             )
+        md5 = answer.get("content_md5")  # computed by the service over the blob it stored
+        return bytes(md5).hex() if md5 else None
 
     async def get(self, path: str) -> Body:
         from azure.core.exceptions import ResourceNotFoundError
@@ -123,6 +137,18 @@ class _Azure:
                 raise FileNotFoundError(errno.ENOENT, "no such blob", path) from exc
             raise
         return Body(int(download.size), download.read, blob.close)
+
+    async def names(self, folder: str) -> set[str]:
+        container, prefix, _ = self.fs.split_path(folder)
+        prefix = prefix.rstrip("/") + "/"
+        client = self.fs.service_client.get_container_client(container)
+        found = set()
+        async with client:
+            async for item in client.walk_blobs(name_starts_with=prefix, **self.timeouts):
+                name = str(item.name)[len(prefix) :]
+                if name and not name.endswith("/"):
+                    found.add(name)
+        return found
 
 
 class _S3:
@@ -139,15 +165,35 @@ class _S3:
             return None
         return int(out["ContentLength"]), dict(out.get("Metadata") or {})
 
-    async def put(self, path: str, data: bytes, metadata: dict[str, str]) -> None:
+    async def put(self, path: str, data: bytes, metadata: dict[str, str]) -> str | None:
         bucket, key, _ = self.fs.split_path(path)
-        await self.fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data, Metadata=metadata)
+        out = await self.fs._call_s3(
+            "put_object", Bucket=bucket, Key=key, Body=data, Metadata=metadata
+        )
+        if out.get("ServerSideEncryption") == "aws:kms" or out.get("SSECustomerAlgorithm"):
+            return None  # the ETag is then not the MD5 of the object
+        etag = str(out.get("ETag", "")).strip('"').lower()
+        return etag if len(etag) == 32 else None
 
     async def get(self, path: str) -> Body:
         bucket, key, _ = self.fs.split_path(path)
         out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
         body = out["Body"]
         return Body(int(out["ContentLength"]), body.read, body.aclose)
+
+    async def names(self, folder: str) -> set[str]:
+        bucket, prefix, _ = self.fs.split_path(folder)
+        prefix = prefix.rstrip("/") + "/"
+        found: set[str] = set()
+        token: dict[str, str] = {}
+        while True:
+            out = await self.fs._call_s3(
+                "list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", **token
+            )
+            found.update(str(o["Key"])[len(prefix) :] for o in out.get("Contents", []))
+            if not out.get("IsTruncated"):
+                return found
+            token = {"ContinuationToken": out["NextContinuationToken"]}
 
 
 @dataclass(frozen=True)
@@ -231,16 +277,16 @@ class FsspecTarget:
             f"target {self.name}: {what} {relpath}: {type(exc).__name__}: {exc}", classify(exc)
         )
 
-    def put(self, relpath: str, local: Path, digest: str, size: int, reader: Readable) -> None:
+    def put(self, relpath: str, local: Path, digest: str, size: int, reader: Readable) -> bool:
         path = self._path(relpath)
         try:
             if size <= SINGLE_PUT_MAX:
                 data = reader.read()
                 if self.direct is not None:
-                    self._sync(self.direct.put, path, data, {META_KEY: digest})
-                else:
-                    self.fs.pipe_file(path, data)
-                return
+                    reported = self._sync(self.direct.put, path, data, {META_KEY: digest})
+                    return reported is not None and reported == hashlib.md5(data).hexdigest()
+                self.fs.pipe_file(path, data)
+                return False
             f = self.fs.open(path, "wb", **self.flavor.write_kwargs(digest))
             try:
                 while chunk := reader.read(CHUNK):
@@ -249,11 +295,20 @@ class FsspecTarget:
                 _abandon(f)
                 raise
             f.close()
+            return False
         except FileNotFoundError as exc:
             # Only the bucket or container can be missing when writing: nothing to skip.
             raise TargetError(f"target {self.name}: writing {relpath}: {exc}", Kind.FATAL) from exc
         except Exception as exc:
             raise self._fail("writing", relpath, exc) from exc
+
+    def settle(self) -> None:
+        """Nothing to do: the store answered a put once it had kept the object."""
+
+    def discard_partial(self, relpath: str) -> None:
+        """Nothing to do: an upload killed midway was never committed, so never visible.
+        Azure drops uncommitted blocks after a week; S3 drops incomplete multipart uploads
+        by the bucket's lifecycle rule."""
 
     def stat(self, relpath: str) -> ObjectInfo | None:
         path = self._path(relpath)
@@ -296,6 +351,21 @@ class FsspecTarget:
             return
         except Exception as exc:
             raise self._fail("delete", relpath, exc) from exc
+
+    def names(self, folder: str) -> set[str]:
+        try:
+            if self.direct is not None:
+                return cast(set[str], self._sync(self.direct.names, self._path(folder)))
+            found = self.fs.ls(self._path(folder), detail=True)
+        except FileNotFoundError:
+            return set()
+        except Exception as exc:
+            raise self._fail("list", folder, exc) from exc
+        return {
+            str(info["name"]).rstrip("/").rpartition("/")[2]
+            for info in found
+            if info.get("type") != "directory"
+        }
 
     def list(self, prefix: str = STUDIES) -> Iterator[ObjectInfo]:
         """Study by study, so memory holds one study's listing at a time."""

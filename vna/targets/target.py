@@ -47,8 +47,17 @@ class Target(Protocol):
     url: str
     capabilities: Capabilities
 
-    def put(self, relpath: str, local: Path, digest: str, size: int, reader: Readable) -> None:
-        """Store `reader`'s bytes at `relpath`; visible only once complete."""
+    def put(self, relpath: str, local: Path, digest: str, size: int, reader: Readable) -> bool:
+        """Store `reader`'s bytes at `relpath`; visible only once complete, durable once
+        `settle` returned. True if the store's answer proves it kept exactly these bytes
+        (with `digest` in the object's metadata): a checksum it computed over what it
+        stored, equal to the one of what was sent."""
+
+    def settle(self) -> None:
+        """Make every object put so far durable: a power cut cannot take it back."""
+
+    def discard_partial(self, relpath: str) -> None:
+        """Remove what an upload of `relpath` killed midway left behind, if anything."""
 
     def stat(self, relpath: str) -> ObjectInfo | None:
         """Size (and digest if kept) of an object, or None if there is none."""
@@ -61,6 +70,9 @@ class Target(Protocol):
 
     def delete(self, relpath: str) -> None:
         """Remove an object (only ever called with delete propagation on)."""
+
+    def names(self, folder: str) -> set[str]:
+        """Names of the objects directly in `folder` (empty if there is none)."""
 
     def list(self, prefix: str = "studies") -> Iterator[ObjectInfo]:
         """Every object below `prefix`, streamed (never the whole listing in memory)."""

@@ -178,3 +178,25 @@ def test_missing_bucket_is_fatal(kind: str, request: pytest.FixtureRequest, tmp_
     with pytest.raises(TargetError) as err:
         target.put(REL, tmp_path, digest.of_bytes(data), len(data), io.BytesIO(data))
     assert err.value.kind is Kind.FATAL
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-file", "temp-name"])
+def test_folder_target_replaces_a_wrong_copy_and_leaves_no_temp_file(
+    tmp_path, unnamed: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """Both ways a folder target writes: O_TMPFILE then a link (local disks), or a temp name
+    then a rename (NFS/SMB mounts, which have no unnamed files)."""
+    target = target_of({"name": "nfs", "url": f"file://{tmp_path}/replica"})
+    target._unnamed = unnamed
+    wrong, right = b"w" * 5000, bytes(range(256)) * 30
+    target.put(REL, tmp_path, digest.of_bytes(wrong), len(wrong), io.BytesIO(wrong))
+
+    target.put(REL, tmp_path, digest.of_bytes(right), len(right), io.BytesIO(right))
+    target.settle()
+
+    with target.open(REL) as fh:
+        assert fh.read() == right
+    info = target.stat(REL)
+    assert info is not None and info.digest == digest.of_bytes(right)
+    folder = (tmp_path / "replica" / REL).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["5.6.dcm"]

@@ -1,11 +1,12 @@
 """A target that is a folder: local disk or a mounted NFS/SMB share.
 
-Written like tier 0 itself: temp name in the destination folder, fsync, rename,
-so a partial file is never visible under its real name; `settle` then fsyncs
-each folder renamed into once, so the finished files survive a power cut (one
-flush per folder per batch of copies, not per file). The digest travels in an extended
-attribute where the filesystem keeps them (many NFS/SMB mounts do not: then
-verification reads the file back).
+A file is written without a name (O_TMPFILE), fsynced, then linked under its
+name; where the file system cannot (NFS, SMB), under a temp name in the same
+folder, then renamed. Either way a partial file is never visible under its real
+name. `settle` then fsyncs each folder written to once, so the finished files
+survive a power cut (one flush per folder per batch of copies, not per file).
+The digest travels in an extended attribute where the file system keeps them
+(many NFS/SMB mounts do not: then verification reads the file back).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class LocalTarget:
         self.capabilities = Capabilities(metadata=_xattrs_work(root), atomic_put=True)
         self._lock = threading.Lock()
         self._unsettled: set[Path] = set()  # folders renamed into since the last settle
+        # Until the file system says otherwise; the name is given through /proc.
+        self._unnamed = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 
     def _path(self, relpath: str) -> Path:
         return self.root / relpath
@@ -48,19 +51,8 @@ class LocalTarget:
         dest = self._path(relpath)
         try:
             makedirs_durable(dest.parent)
-            tmp = dest.parent / f".{dest.name}.part-{uuid.uuid4().hex[:8]}"
-            try:
-                with tmp.open("wb") as out:
-                    while chunk := reader.read(CHUNK):
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if self.capabilities.metadata:
-                    os.setxattr(tmp, XATTR, digest.encode())
-                os.replace(tmp, dest)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            if not (self._unnamed and self._put_unnamed(dest, digest, reader)):
+                self._put_renamed(dest, digest, reader)
             with self._lock:
                 self._unsettled.add(dest.parent)
             return False  # the file system says nothing about the bytes: verified after
@@ -70,6 +62,50 @@ class LocalTarget:
             raise TargetError(
                 f"target {self.name}: writing {relpath}: {exc}", classify(exc)
             ) from exc
+
+    def _put_unnamed(self, dest: Path, digest: str, reader: Readable) -> bool:
+        """Written as a file without a name (O_TMPFILE), named once complete: nothing partial
+        is ever in the folder, even after a crash, and the folder is locked only to link
+        the name, not while the file system finds the new file an inode (which copies into
+        one folder would otherwise wait for one by one). False where unsupported."""
+        folder = os.open(dest.parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            try:
+                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o666, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._unnamed = False  # NFS, SMB and others: temp names, then rename
+                return False
+            try:
+                _write_all(fd, reader, digest if self.capabilities.metadata else None)
+                # The /proc link of the descriptor, followed (AT_SYMLINK_FOLLOW), names the
+                # file; a dst_dir_fd makes Python call linkat rather than link.
+                unnamed = f"/proc/self/fd/{fd}"
+                try:
+                    os.link(unnamed, dest.name, dst_dir_fd=folder)
+                except FileExistsError:  # a wrong copy is there: replace it in one step
+                    tmp = _temp_name(dest)
+                    os.link(unnamed, tmp.name, dst_dir_fd=folder)
+                    _rename(tmp, dest)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(folder)
+        return True
+
+    def _put_renamed(self, dest: Path, digest: str, reader: Readable) -> None:
+        tmp = _temp_name(dest)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            try:
+                _write_all(fd, reader, digest if self.capabilities.metadata else None)
+            finally:
+                os.close(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _rename(tmp, dest)
 
     def settle(self) -> None:
         with self._lock:
@@ -157,6 +193,30 @@ class LocalTarget:
                 except FileNotFoundError:
                     continue
                 yield ObjectInfo(f"{rel_dir}/{name}", size, self._digest_of(path))
+
+
+def _temp_name(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.part-{uuid.uuid4().hex[:8]}"
+
+
+def _rename(tmp: Path, dest: Path) -> None:
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_all(fd: int, reader: Readable, digest: str | None) -> None:
+    """The bytes on disk before the file gets its name (else a power cut could leave a
+    complete-looking name with missing content), with the digest beside them."""
+    while chunk := reader.read(CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+    os.fsync(fd)
+    if digest is not None:
+        os.setxattr(fd, XATTR, digest.encode())
 
 
 def _xattrs_work(root: Path) -> bool:

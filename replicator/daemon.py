@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, and_, exists, func, select
+from sqlalchemy import Connection, Engine, and_, exists, func, select
 
 from replicator.claims import Copy, Result, claim, record, release
 from replicator.copier import copy_one
@@ -221,6 +221,8 @@ class Replicator:
         self._collect(lane, block=False)
         if lane.window and not ignore_window and not lane.window.is_open():
             return bool(lane.in_flight)
+        if lane.target is None and not self._has_work(name):
+            return bool(fed)  # nothing to copy: the target is not even opened (nor its SDK loaded)
         target, presence = self._target(lane), lane.presence
         if target is None or presence is None:
             return bool(fed)
@@ -342,26 +344,32 @@ class Replicator:
                 return False
         return True
 
+    def _has_work(self, name: str) -> bool:
+        """Copies to `name` waiting, failed (to be retried) or in a dead worker's hands."""
+        with self.engine.connect() as conn:
+            return _any_copy(conn, name, ("pending", "copying", "failed"))
+
     def _complete(self) -> bool:
         return not any(self._outstanding(name) for name in self.lanes)
 
     def _outstanding(self, name: str) -> bool:
         """Copies to `name` not yet verified, or changes not yet turned into copies."""
-        r, cursors = schema.replicas, schema.replication_cursors
+        cursors = schema.replication_cursors
         with self.engine.connect() as conn:
-            left = conn.execute(
-                select(r.c.id)
-                .where(
-                    r.c.target == name,
-                    r.c.state.in_(("pending", "copying", "failed", "skipped")),
-                )
-                .limit(1)
-            ).first()
+            left = _any_copy(conn, name, ("pending", "copying", "failed", "skipped"))
             cursor = conn.execute(
                 select(cursors.c.seq).where(cursors.c.target == name)
             ).scalar_one_or_none()
             head = conn.execute(select(func.max(schema.changes.c.seq))).scalar_one()
-        return left is not None or (head or 0) > (cursor or 0)
+        return left or (head or 0) > (cursor or 0)
+
+
+def _any_copy(conn: Connection, target: str, states: tuple[str, ...]) -> bool:
+    r = schema.replicas
+    found = conn.execute(
+        select(r.c.id).where(r.c.target == target, r.c.state.in_(states)).limit(1)
+    ).first()
+    return found is not None
 
 
 def unverified(engine: Engine, target: str) -> int:

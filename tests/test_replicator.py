@@ -80,6 +80,7 @@ def test_no_change_pass_uploads_nothing_and_new_study_follows(
 
     complete, idle = replicate(archive)
     assert complete and idle.lanes["nfs"].uploaded == 0
+    assert idle.lanes["nfs"].target is None  # nothing to copy: the target was not even opened
 
     generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16, seed=42))
     archive.ingest()

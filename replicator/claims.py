@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Update, and_, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from vna.index import schema
+from vna.index.dialect import native_insert
 from vna.index.engine import write_transaction
 
 
@@ -56,7 +56,6 @@ def enqueue(conn: Connection, target: str, rows: Sequence[Any], note: str | None
         return
     r = schema.replicas
     moment = now()
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     values = [
         dict(
             target=target,
@@ -72,7 +71,7 @@ def enqueue(conn: Connection, target: str, rows: Sequence[Any], note: str | None
         )
         for row in rows
     ]
-    stmt = dialect.insert(r)
+    stmt = native_insert(conn, r)
     upsert = stmt.on_conflict_do_update(
         index_elements=["target", "sop_uid"],
         set_={

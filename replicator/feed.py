@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from replicator.claims import enqueue
 from vna.index import schema
+from vna.index.dialect import native_insert
 from vna.index.engine import write_transaction
 
 FEED_BATCH = 5000
@@ -37,10 +37,9 @@ def feed(engine: Engine, target: str, limit: int = FEED_BATCH) -> int:
     """Turn the next change-feed rows into this target's replica rows; return how many."""
     c, ch = schema.replication_cursors, schema.changes
     now = dt.datetime.now(dt.UTC)
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     with write_transaction(engine, durable=False) as conn:
         conn.execute(
-            dialect.insert(c)
+            native_insert(conn, c)
             .values(target=target, seq=0, updated_at=now)
             .on_conflict_do_nothing(index_elements=["target"])
         )

@@ -19,10 +19,10 @@ from typing import Any
 
 import pydicom
 from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from viewer_gateway.tiers import InstanceStore, Located
 from vna.index import schema
+from vna.index.dialect import native_insert
 from vna.index.engine import write_transaction
 
 logger = logging.getLogger("vna.gateway")
@@ -50,9 +50,8 @@ def _upsert(engine: Engine, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     m = schema.instance_metadata
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     with write_transaction(engine) as conn:
-        stmt = dialect.insert(m)
+        stmt = native_insert(conn, m)
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["sop_uid"],
@@ -103,10 +102,9 @@ class MetadataCache:
         """Prepare the instances of the next change-feed rows; return how many were prepared."""
         c, ch = schema.replication_cursors, schema.changes
         now = dt.datetime.now(dt.UTC)
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         with write_transaction(self.engine) as conn:
             conn.execute(
-                dialect.insert(c)
+                native_insert(conn, c)
                 .values(target=CURSOR, seq=0, updated_at=now)
                 .on_conflict_do_nothing(index_elements=["target"])
             )

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Table, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from vna.attributes import Level, at_level
 from vna.index import schema
+from vna.index.dialect import native_insert
 
 CHANGE_FEED_LOCK = 7243611
 _CACHE_SIZE = 20000
@@ -65,8 +65,7 @@ def insert_ignoring_conflicts(
     """INSERT rows, silently skipping those whose unique `keys` already exist."""
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+    stmt = native_insert(conn, table).on_conflict_do_nothing(index_elements=keys)
     conn.execute(stmt, rows)
 
 

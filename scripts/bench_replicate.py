@@ -21,8 +21,8 @@ What is timed, per target kind, for each method:
   rclone compares size and modification time to decide what to copy, and after
   each transfer the MD5 of both sides as each side reports it; it reads nothing back.
 Every figure is the wall time of one process run (start-up included) with the
-peak RSS of its process tree, sampled every 50 ms. Our local target writes like
-tier 0 (fsync of each file and folder); rclone does not fsync.
+peak RSS of its process tree, sampled every 50 ms. Our local target fsyncs each
+file before it is named and each folder once per batch; rclone does not fsync.
 
 1. initial copy into the fresh target;
 2. no-change pass: the same command again with nothing new. Our start-up cost
@@ -662,9 +662,10 @@ def print_report(bench: Bench) -> None:
     for line in machine_facts(bench.work, AZURITE in bench.kinds, bench.load_at_start):
         print(line)
     print(
-        "ours: vna replicate --once (SQLite index; local target: temp file, fsync, rename, "
-        "fsync of the folder; xattr digest); verify=read-back reads every object back and "
-        "hashes it, verify=metadata checks size + digest from metadata"
+        "ours: vna replicate --once (SQLite index; local target: unnamed file, fsync, link, "
+        "each folder fsynced once per batch; xattr digest); verify=read-back reads every "
+        "object back and hashes it, verify=metadata checks size + digest from metadata (on "
+        "Azure: the MD5 the store reports in its answer to the put)"
     )
     print(
         f"rclone: rclone copy (initial) / rclone sync (passes) --transfers {args.concurrency} "

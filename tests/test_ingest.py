@@ -381,3 +381,47 @@ def test_index_failure_mid_batch_leaves_layout_clean_and_inputs_in_place(
     assert count(archive, schema.instances) == 6
     assert not [p for p in archive.drop().rglob("*") if p.is_file()]
     assert layout_problems(archive) == []
+
+
+def test_staged_files_the_disk_failed_to_write_are_never_placed(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's staged files become durable with one syncfs; when it reports a write-back
+    error, nothing of the batch is placed or indexed, every input stays, and it is retried."""
+    import errno
+    import threading
+
+    import vna.layout
+    from vna.ingest.daemon import IngestDaemon
+
+    assert archive.settings.archive.fsync and vna.layout.batch_sync_available()
+    generate(archive.drop(), SMALL)
+    real = vna.layout.syncfs
+    failing = threading.Event()
+    failing.set()
+    calls = []
+
+    def syncfs(fd: int) -> None:
+        calls.append(fd)
+        if failing.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(vna.layout, "syncfs", syncfs)
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    thread = threading.Thread(target=daemon.run, kwargs={"once": True})
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    placed = list((archive.settings.archive.root / "studies").rglob("*.dcm"))
+    left = [p for p in archive.drop().rglob("*") if p.is_file()]
+    indexed = count(archive, schema.instances)
+    failing.clear()
+    thread.join(timeout=60)
+
+    assert calls and placed == [] and indexed == 0 and len(left) == 6
+    assert count(archive, schema.instances) == 6
+    assert not [p for p in archive.drop().rglob("*") if p.is_file()]
+    assert layout_problems(archive) == []

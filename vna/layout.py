@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vna.durability import batch_sync_available, syncfs
 from vna.errors import InvalidInput
 
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -124,6 +125,8 @@ class Layout:
     def __init__(self, root: Path, durable: bool = True) -> None:
         self.root = root
         self.durable = durable
+        # Staged files are made durable a batch at a time (`sync_staged`), not one by one.
+        self.batch_sync = durable and batch_sync_available()
         self._staging: tuple[Path, int] | None = None
         self._claimed: dict[Path, int] = {}
 
@@ -144,6 +147,23 @@ class Layout:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._staging = (d, fd)
         return self._staging[0]
+
+    @property
+    def fsync_each_staged(self) -> bool:
+        """Whoever writes a staged file fsyncs it (no syncfs for the batch here)."""
+        return self.durable and not self.batch_sync
+
+    def sync_staged(self) -> None:
+        """Make every file staged so far durable, before any of them is named in the layout.
+
+        One syncfs of the layout's file system, through the staging lock's descriptor
+        (open since start, so it sees every write-back error since); with `batch_sync`
+        off, the staged files were fsynced one by one and there is nothing to do.
+        """
+        if self.batch_sync:
+            self.staging_dir()
+            assert self._staging is not None
+            syncfs(self._staging[1])
 
     def claim_stale_staging(self) -> list[Path]:
         """Staging folders whose owner died; the caller replays and then `release_staging`s them."""

@@ -4,7 +4,9 @@ Order is what makes a crash harmless (see DESIGN.md, invariants 1 and 2):
   1. decide each file against the index: new, duplicate, conflict;
   2. quarantine entries (and superseded versions) are written whole;
   3. the journal of intended layout paths is made durable;
-  4. staged files are renamed into the layout, folders fsynced;
+  4. the staged files are made durable (one syncfs for the batch where the
+     kernel reports write-back errors through it, else fsynced by the workers),
+     then renamed into the layout, folders fsynced;
   5. index rows, change-feed rows, duplicate and quarantine rows commit in
      one transaction;
   6. only then are the drop files removed (or moved).
@@ -119,6 +121,8 @@ class Committer:
             journal.write(staging, batch.intents, durable)
         dirs: set[Path] = set()
         try:
+            if batch.placements:
+                self.layout.sync_staged()
             for prepared, relpath in batch.placements:
                 dirs |= self.layout.place(Path(prepared.staged), relpath)
             self.layout.sync_dirs(dirs)

@@ -259,7 +259,7 @@ class IngestDaemon:
             relpath=cand.relpath,
             rules=self.rules[cand.source],
             staging=staging,
-            durable=self.settings.archive.fsync,
+            durable=self.layout.fsync_each_staged,
             received=received_now(),
         )
 

@@ -81,7 +81,7 @@ def retry(settings: Settings, engine: Engine, entries: Sequence[Entry]) -> list[
                 relpath=entry.drop_path,
                 rules=rules_for(src),
                 staging=staging,
-                durable=settings.archive.fsync,
+                durable=layout.fsync_each_staged,
                 received=received_now(),
                 quarantine_id=entry.id,
             )

@@ -1,0 +1,60 @@
+"""One flush for a batch of files: syncfs(2), where the kernel reports what it failed to write.
+
+An fsync per file has the disk flush once per file. The ingest writes a batch of
+staged files without it and makes them durable with one syncfs of their file
+system before any of them is named in the layout: one flush per batch (about a
+fifth of ingest's time per file on the disk this was measured on). syncfs reports
+write-back errors only since Linux 5.8 (before, it returned 0 even when a write
+had failed), so on older kernels, and off Linux, each file is fsynced as before.
+
+syncfs reports every write-back error on the file system since the descriptor it
+is given last saw one, whoever's file it was: a batch is then not taken as
+durable, and is retried.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+import sys
+from collections.abc import Callable
+
+MINIMUM_KERNEL = (5, 8)
+
+
+def _load() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        major, minor = (int(part) for part in platform.release().split("-")[0].split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < MINIMUM_KERNEL:
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+    call.restype = ctypes.c_int
+    return call
+
+
+_SYNCFS = _load()
+
+
+def batch_sync_available() -> bool:
+    return _SYNCFS is not None
+
+
+def syncfs(fd: int) -> None:
+    """Flush the file system holding `fd`; OSError if anything on it failed to be written."""
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs with write-back errors needs Linux 5.8 or later")
+    if _SYNCFS(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))

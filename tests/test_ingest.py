@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -341,78 +342,20 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, index_url: str) -
     assert layout_problems(archive) == []
 
 
-def test_index_failure_mid_batch_leaves_layout_clean_and_inputs_in_place(
-    archive: Archive, monkeypatch: pytest.MonkeyPatch
+def _ingest_through_a_fault(
+    archive: Archive, failing: threading.Event, tries: list[object]
 ) -> None:
-    import threading
-
-    from sqlalchemy.exc import OperationalError
-
-    from vna.index.writer import IndexWriter
+    """Run the daemon while `failing` is set, until the fault was hit (`tries`); check that
+    the refused batch left nothing in the layout or index and every input in place; then
+    clear the fault and check that the retried batch took every input in."""
     from vna.ingest.daemon import IngestDaemon
 
-    generate(archive.drop(), SMALL)
-    real_add = IndexWriter.add
-    failing = threading.Event()
-    failing.set()
-    attempts = []
-
-    def add(self, conn, records, replacing):  # type: ignore[no-untyped-def]
-        attempts.append(len(records))
-        if failing.is_set():
-            raise OperationalError("INSERT", {}, Exception("database is gone"))
-        return real_add(self, conn, records, replacing)
-
-    monkeypatch.setattr(IndexWriter, "add", add)
-    daemon = IngestDaemon(archive.settings, archive.engine)
-    thread = threading.Thread(target=daemon.run, kwargs={"once": True})
+    thread = threading.Thread(
+        target=IngestDaemon(archive.settings, archive.engine).run, kwargs={"once": True}
+    )
     thread.start()
     deadline = time.monotonic() + 20
-    while not attempts and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    # The index refused the batch: nothing may stay in the layout, every input stays.
-    placed = list((archive.settings.archive.root / "studies").rglob("*.dcm"))
-    left = [p for p in archive.drop().rglob("*") if p.is_file()]
-    failing.clear()
-    thread.join(timeout=60)
-
-    assert attempts and placed == [] and len(left) == 6
-    assert count(archive, schema.instances) == 6
-    assert not [p for p in archive.drop().rglob("*") if p.is_file()]
-    assert layout_problems(archive) == []
-
-
-def test_staged_files_the_disk_failed_to_write_are_never_placed(
-    archive: Archive, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch's staged files become durable with one syncfs; when it reports a write-back
-    error, nothing of the batch is placed or indexed, every input stays, and it is retried."""
-    import errno
-    import threading
-
-    import vna.layout
-    from vna.ingest.daemon import IngestDaemon
-
-    assert archive.settings.archive.fsync and vna.layout.batch_sync_available()
-    generate(archive.drop(), SMALL)
-    real = vna.layout.syncfs
-    failing = threading.Event()
-    failing.set()
-    calls = []
-
-    def syncfs(fd: int) -> None:
-        calls.append(fd)
-        if failing.is_set():
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(vna.layout, "syncfs", syncfs)
-    daemon = IngestDaemon(archive.settings, archive.engine)
-    thread = threading.Thread(target=daemon.run, kwargs={"once": True})
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not calls and time.monotonic() < deadline:
+    while not tries and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     placed = list((archive.settings.archive.root / "studies").rglob("*.dcm"))
@@ -421,7 +364,56 @@ def test_staged_files_the_disk_failed_to_write_are_never_placed(
     failing.clear()
     thread.join(timeout=60)
 
-    assert calls and placed == [] and indexed == 0 and len(left) == 6
+    assert tries and placed == [] and indexed == 0 and len(left) == 6
     assert count(archive, schema.instances) == 6
     assert not [p for p in archive.drop().rglob("*") if p.is_file()]
     assert layout_problems(archive) == []
+
+
+def test_index_failure_mid_batch_leaves_layout_clean_and_inputs_in_place(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from vna.index.writer import IndexWriter
+
+    generate(archive.drop(), SMALL)
+    real_add = IndexWriter.add
+    failing = threading.Event()
+    failing.set()
+    attempts: list[object] = []
+
+    def add(self, conn, records, replacing):  # type: ignore[no-untyped-def]
+        attempts.append(len(records))
+        if failing.is_set():
+            raise OperationalError("INSERT", {}, Exception("database is gone"))
+        return real_add(self, conn, records, replacing)
+
+    monkeypatch.setattr(IndexWriter, "add", add)
+    _ingest_through_a_fault(archive, failing, attempts)
+
+
+def test_staged_files_the_disk_failed_to_write_are_never_placed(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's staged files become durable with one syncfs; when it reports a write-back
+    error, nothing of the batch is placed or indexed, every input stays, and it is retried."""
+    import errno
+
+    import vna.layout
+
+    assert archive.settings.archive.fsync and vna.layout.batch_sync_available()
+    generate(archive.drop(), SMALL)
+    real = vna.layout.syncfs
+    failing = threading.Event()
+    failing.set()
+    calls: list[object] = []
+
+    def syncfs(fd: int) -> None:
+        calls.append(fd)
+        if failing.is_set():
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(vna.layout, "syncfs", syncfs)
+    _ingest_through_a_fault(archive, failing, calls)

@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 
 from vna import digest
+from vna.durability import start_writeback
 from vna.errors import InvalidInput
 
 IMPLEMENTATION_CLASS_UID = UID(
@@ -372,9 +373,11 @@ def write_archived(
                     out.write(chunk)
                     written += len(chunk)
                     remaining -= len(chunk)
+        out.flush()
         if durable:
-            out.flush()
             os.fsync(out.fileno())
+        else:
+            start_writeback(out.fileno())
     return h.hexdigest(), written
 
 

@@ -58,6 +58,7 @@ def _copy(
     if existing is not None and existing.size == job.size and existing.digest in (job.digest, None):
         try:
             _verify(target, job, verify)
+            target.confirm(job.path)
             return False  # already there and proven: nothing uploaded
         except VerificationFailed:
             pass

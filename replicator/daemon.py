@@ -278,7 +278,7 @@ class Replicator:
         for fut in done:
             lane.in_flight.pop(fut)
             results.append(fut.result())
-        if lane.target is not None and any(res.uploaded for res in results):
+        if lane.target is not None and any(res.state == "verified" for res in results):
             results = self._settle(lane, lane.target, results)
         for res in results:
             if res.state == "verified":
@@ -301,13 +301,13 @@ class Replicator:
         record(self.engine, self.worker, results)
 
     def _settle(self, lane: _Lane, target: Target, results: list[Result]) -> list[Result]:
-        """Uploads count as verified only once durable on the target: one flush per batch
+        """Copies count as verified only once durable on the target: one flush per batch
         (a folder target fsyncs each folder written to once, not once per file)."""
         try:
             target.settle()
         except TargetError as exc:
             wait = self.settings.replicator.backoff_max_seconds
-            logger.error("target %s: uploads not made durable: %s", lane.settings.name, exc)
+            logger.error("target %s: copies not made durable: %s", lane.settings.name, exc)
             return [
                 dataclasses.replace(
                     res,
@@ -316,7 +316,7 @@ class Replicator:
                     error=f"not made durable: {exc}",
                     retry_in=backoff(res.copy.attempts, wait),
                 )
-                if res.uploaded
+                if res.state == "verified"
                 else res
                 for res in results
             ]

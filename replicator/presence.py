@@ -50,13 +50,16 @@ class Presence:
                 cached = self._fresh(folder)
                 if cached is not None:
                     return cached
-            names = frozenset(self.target.names(folder))
+            try:
+                names = frozenset(self.target.names(folder))
+            finally:
+                with self._lock:
+                    self._listing_now.pop(folder, None)
             with self._lock:
                 self._listings[folder] = (time.monotonic(), names)
                 self._listings.move_to_end(folder)
                 while len(self._listings) > self.folders:
                     self._listings.popitem(last=False)
-                self._listing_now.pop(folder, None)
             return names
 
     def _fresh(self, folder: str) -> frozenset[str] | None:

@@ -43,3 +43,29 @@ def test_valid_uid_maps_to_the_dicomweb_shaped_path() -> None:
         "5.6",
     )
     assert parse_relpath("studies/../series/3.4/instances/5.6.dcm") is None
+
+
+def test_failed_batch_sync_discards_every_staged_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """syncfs does not say whose write failed (it may be a later batch's file, staged
+    already): every staged file goes, so none can be placed on a later, passing syncfs."""
+    import errno
+
+    import vna.layout
+    from vna.layout import Layout
+
+    layout = Layout(tmp_path / "archive")
+    assert layout.batch_sync
+    staging = layout.staging_dir()
+    for name in ("this-batch.dcm", "next-batch.dcm"):
+        (staging / name).write_bytes(b"x" * 100)
+
+    def fails(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(vna.layout, "syncfs", fails)
+    with pytest.raises(OSError):
+        layout.sync_staged()
+
+    assert list(staging.glob("*.dcm")) == []
+    assert any(staging.iterdir())  # the lock (and journal) stay: the folder is still ours
+    layout.close()

@@ -174,9 +174,51 @@ def test_uploads_count_only_once_made_durable(tmp_path: Path, monkeypatch) -> No
     assert not complete and r.lanes["nfs"].failed == 8
     assert replica_states(archive, "nfs") == {"failed": 8}
 
+    import vna.targets.local
+
+    synced: list[Path] = []
+    real_fsync_dir = vna.targets.local.fsync_dir
+    monkeypatch.setattr(
+        vna.targets.local, "fsync_dir", lambda d: (synced.append(d), real_fsync_dir(d))
+    )
     r = Replicator(archive.settings, archive.engine)
     with archive.engine.begin() as conn:  # due now, not after the back-off
         conn.execute(schema.replicas.update().values(next_attempt_at=schema.replicas.c.queued_at))
     assert r.run(once=True)
     assert r.lanes["nfs"].uploaded == 0 and r.lanes["nfs"].copied == 8
+    # Found there, the copies were made durable before they counted: both series folders.
+    assert len(set(synced)) == 2 and all(d.name == "instances" for d in synced)
     assert_target_matches_index(archive, "nfs")
+
+
+def test_a_failed_folder_fsync_keeps_every_folder_for_the_next_settle(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    import vna.targets.local
+    from vna import digest
+    from vna.settings import TargetSettings
+    from vna.targets.faults import TargetError
+    from vna.targets.registry import open_target
+
+    target = open_target(TargetSettings(name="nfs", url=f"file://{tmp_path}/r"))
+    for series in ("1.1", "1.2", "1.3"):
+        data = series.encode() * 100
+        rel = f"studies/1/series/{series}/instances/1.dcm"
+        target.put(rel, tmp_path, digest.of_bytes(data), len(data), io.BytesIO(data))
+    synced: list[Path] = []
+
+    def fails_once(folder: Path) -> None:
+        if not synced:
+            synced.append(folder)
+            raise OSError(5, "Input/output error")
+        synced.append(folder)
+
+    monkeypatch.setattr(vna.targets.local, "fsync_dir", fails_once)
+    with pytest.raises(TargetError):
+        target.settle()
+    target.settle()
+
+    folders = {p.parent for p in (tmp_path / "r").rglob("*.dcm")}
+    assert len(synced) == 4 and set(synced[1:]) == folders  # the failed one and the two after

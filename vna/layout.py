@@ -159,11 +159,22 @@ class Layout:
         One syncfs of the layout's file system, through the staging lock's descriptor
         (open since start, so it sees every write-back error since); with `batch_sync`
         off, the staged files were fsynced one by one and there is nothing to do.
+
+        A failure does not say whose write failed, and reporting it uses it up: it may
+        have been a file of a later batch, staged already, which the next syncfs would
+        then pass. So every staged file is discarded with the batch; results naming one
+        fail at placement and are prepared again.
         """
-        if self.batch_sync:
-            self.staging_dir()
-            assert self._staging is not None
+        if not self.batch_sync:
+            return
+        folder = self.staging_dir()
+        assert self._staging is not None
+        try:
             syncfs(self._staging[1])
+        except OSError:
+            for staged in folder.glob("*.dcm"):
+                staged.unlink(missing_ok=True)
+            raise
 
     def claim_stale_staging(self) -> list[Path]:
         """Staging folders whose owner died; the caller replays and then `release_staging`s them."""

@@ -103,8 +103,10 @@ def write_transaction(engine: Engine, durable: bool = True) -> Iterator[Connecti
     `durable=False` is for bookkeeping that a power cut may roll back without harm
     (a lease, a copy recorded as verified: lost, the copy is checked again): its
     commit does not wait for the disk (SQLite synchronous=NORMAL, which in WAL mode
-    still never corrupts; PostgreSQL synchronous_commit off). A process crash loses
-    nothing either way; only the operating system going down can.
+    still never corrupts; PostgreSQL synchronous_commit off). On SQLite only the
+    operating system going down can lose it; on PostgreSQL a crash of the server too.
+    The connection is discarded if it cannot be set back to durable commits, so the
+    setting never reaches a transaction that must be durable.
     """
     with engine.connect() as conn:
         conn.info["write"] = True
@@ -119,7 +121,11 @@ def write_transaction(engine: Engine, durable: bool = True) -> Iterator[Connecti
         finally:
             conn.info.pop("write", None)
             if relaxed:
-                _sqlite_synchronous(conn, "FULL")
+                try:
+                    _sqlite_synchronous(conn, "FULL")
+                except Exception:
+                    conn.invalidate()
+                    raise
 
 
 def _sqlite_synchronous(conn: Connection, level: str) -> None:

@@ -109,14 +109,22 @@ class LocalTarget:
 
     def settle(self) -> None:
         with self._lock:
-            folders, self._unsettled = self._unsettled, set()
-        try:
-            for folder in folders:
+            folders, self._unsettled = list(self._unsettled), set()
+        for i, folder in enumerate(folders):
+            try:
                 fsync_dir(folder)
-        except OSError as exc:
-            raise TargetError(
-                f"target {self.name}: fsync of {folder}: {exc}", classify(exc)
-            ) from exc
+            except OSError as exc:
+                with self._lock:  # still to be made durable, for these copies and the next
+                    self._unsettled.update(folders[i:])
+                raise TargetError(
+                    f"target {self.name}: fsync of {folder}: {exc}", classify(exc)
+                ) from exc
+
+    def confirm(self, relpath: str) -> None:
+        """Found already there (a copy whose folder fsync failed, or whose worker died
+        before it): its name is made durable by the next `settle` like a new one's."""
+        with self._lock:
+            self._unsettled.add(self._path(relpath).parent)
 
     def discard_partial(self, relpath: str) -> None:
         """Temp files of killed uploads: looked for only then, as it lists the folder."""

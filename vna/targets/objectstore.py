@@ -305,6 +305,9 @@ class FsspecTarget:
     def settle(self) -> None:
         """Nothing to do: the store answered a put once it had kept the object."""
 
+    def confirm(self, relpath: str) -> None:
+        """Nothing to do: an object the store lists is kept."""
+
     def discard_partial(self, relpath: str) -> None:
         """Nothing to do: an upload killed midway was never committed, so never visible.
         Azure drops uncommitted blocks after a week; S3 drops incomplete multipart uploads

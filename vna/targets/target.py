@@ -54,7 +54,12 @@ class Target(Protocol):
         stored, equal to the one of what was sent."""
 
     def settle(self) -> None:
-        """Make every object put so far durable: a power cut cannot take it back."""
+        """Make every object put (or confirmed) so far durable: a power cut cannot take it
+        back."""
+
+    def confirm(self, relpath: str) -> None:
+        """An object found already on the target is about to count as verified: have the
+        next `settle` make it durable too."""
 
     def discard_partial(self, relpath: str) -> None:
         """Remove what an upload of `relpath` killed midway left behind, if anything."""

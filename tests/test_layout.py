@@ -53,6 +53,7 @@ def test_failed_batch_sync_discards_every_staged_file(tmp_path, monkeypatch) -> 
     import vna.layout
     from vna.layout import Layout
 
+    monkeypatch.setattr(vna.layout, "batch_sync_available", lambda root: True)
     layout = Layout(tmp_path / "archive")
     assert layout.batch_sync
     staging = layout.staging_dir()
@@ -69,3 +70,39 @@ def test_failed_batch_sync_discards_every_staged_file(tmp_path, monkeypatch) -> 
     assert list(staging.glob("*.dcm")) == []
     assert any(staging.iterdir())  # the lock (and journal) stay: the folder is still ours
     layout.close()
+
+
+def test_batch_sync_only_on_local_file_systems_known_to_report_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The file system type comes from the mount holding the path (the longest mount point
+    above it, spaces escaped as in mountinfo); NFS, SMB and overlay get an fsync per file."""
+    from pathlib import Path
+
+    from vna.durability import BATCH_SYNC_FILE_SYSTEMS, file_system_type
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime - ext4 /dev/vda rw\n"
+        "30 22 0:50 / /srv/vna rw - nfs4 nas:/vna rw\n"
+        "31 30 8:17 / /srv/vna/fast\\040disk rw - xfs /dev/sdb1 rw\n"
+        "32 22 0:60 / /var/lib/docker/overlay2/x/merged rw - overlay overlay rw\n"
+    )
+    kinds = {
+        p: file_system_type(Path(p), mountinfo)
+        for p in (
+            "/srv/vna/archive/studies",
+            "/srv/vna/fast disk/archive",
+            "/srv/vnax",
+            "/var/lib/docker/overlay2/x/merged/archive",
+        )
+    }
+
+    assert kinds == {
+        "/srv/vna/archive/studies": "nfs4",
+        "/srv/vna/fast disk/archive": "xfs",
+        "/srv/vnax": "ext4",
+        "/var/lib/docker/overlay2/x/merged/archive": "overlay",
+    }
+    assert {k for k, v in kinds.items() if v in BATCH_SYNC_FILE_SYSTEMS} == {
+        "/srv/vna/fast disk/archive",
+        "/srv/vnax",
+    }

@@ -11,6 +11,11 @@ syncfs reports every write-back error on the file system since the descriptor it
 is given last saw one, whoever's file it was: a batch is then not taken as
 durable, and is retried. Each staged file's write-back is started as soon as it
 is written (sync_file_range), so that syncfs finds most of a batch on disk.
+
+Only local file systems known to report write-back errors through syncfs get it
+(`BATCH_SYNC_FILE_SYSTEMS`); on others (NFS and SMB, whose errors come back per
+file; overlayfs, which passed them up only in later kernels) every file is
+fsynced.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import os
 import platform
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 MINIMUM_KERNEL = (5, 8)
+BATCH_SYNC_FILE_SYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
 SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -56,8 +63,31 @@ _SYNC_FILE_RANGE = _libc(
 )
 
 
-def batch_sync_available() -> bool:
-    return _SYNCFS is not None
+def batch_sync_available(path: Path) -> bool:
+    """Whether the files below `path` can be made durable a batch at a time."""
+    return _SYNCFS is not None and file_system_type(path) in BATCH_SYNC_FILE_SYSTEMS
+
+
+def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The type of the file system `path` is on, from the mount that holds it (the longest
+    mount point above it), or None where that cannot be told."""
+    resolved = path.resolve()  # symlinks of the part that exists; the rest need not yet
+    best: tuple[int, str] | None = None
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields, sep, rest = line.partition(" - ")
+        parts = fields.split()
+        if not sep or len(parts) < 5 or not rest:
+            continue
+        point = Path(parts[4].replace("\\040", " "))
+        if (resolved == point or point in resolved.parents) and (
+            best is None or len(point.parts) >= best[0]
+        ):
+            best = (len(point.parts), rest.split()[0])
+    return best[1] if best else None
 
 
 def syncfs(fd: int) -> None:

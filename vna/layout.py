@@ -126,7 +126,7 @@ class Layout:
         self.root = root
         self.durable = durable
         # Staged files are made durable a batch at a time (`sync_staged`), not one by one.
-        self.batch_sync = durable and batch_sync_available()
+        self.batch_sync = durable and batch_sync_available(root)
         self._staging: tuple[Path, int] | None = None
         self._claimed: dict[Path, int] = {}
 

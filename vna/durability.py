@@ -21,8 +21,8 @@ fsynced.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import platform
 import sys
@@ -35,13 +35,14 @@ BATCH_SYNC_FILE_SYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
 SYNC_FILE_RANGE_WRITE = 2
 
 
+@functools.cache
 def _libc(name: str, *argtypes: type[ctypes._SimpleCData[Any]]) -> Callable[..., int] | None:
-    """A libc function on Linux (calls release the GIL), else None."""
+    """A libc function on Linux (calls release the GIL), else None. Looked up on first use,
+    in the symbols the process already has, so importing this module costs nothing."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = getattr(libc, name)
+        call = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
     call.argtypes = list(argtypes)
@@ -57,15 +58,13 @@ def _kernel_reports_errors() -> bool:
     return (major, minor) >= MINIMUM_KERNEL
 
 
-_SYNCFS = _libc("syncfs", ctypes.c_int) if _kernel_reports_errors() else None
-_SYNC_FILE_RANGE = _libc(
-    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
-)
+def _syncfs() -> Callable[..., int] | None:
+    return _libc("syncfs", ctypes.c_int) if _kernel_reports_errors() else None
 
 
 def batch_sync_available(path: Path) -> bool:
     """Whether the files below `path` can be made durable a batch at a time."""
-    return _SYNCFS is not None and file_system_type(path) in BATCH_SYNC_FILE_SYSTEMS
+    return _syncfs() is not None and file_system_type(path) in BATCH_SYNC_FILE_SYSTEMS
 
 
 def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
@@ -92,9 +91,10 @@ def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo"))
 
 def syncfs(fd: int) -> None:
     """Flush the file system holding `fd`; OSError if anything on it failed to be written."""
-    if _SYNCFS is None:
+    call = _syncfs()
+    if call is None:
         raise OSError(errno.ENOSYS, "syncfs with write-back errors needs Linux 5.8 or later")
-    if _SYNCFS(fd) != 0:
+    if call(fd) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
@@ -102,5 +102,6 @@ def syncfs(fd: int) -> None:
 def start_writeback(fd: int) -> None:
     """Have the kernel start writing `fd`'s dirty pages now, without waiting for them, so a
     later syncfs finds most of the batch on disk already. Best effort: a no-op elsewhere."""
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+    call = _libc("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    if call is not None:
+        call(fd, 0, 0, SYNC_FILE_RANGE_WRITE)

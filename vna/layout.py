@@ -11,6 +11,7 @@ followed by an fsync of every folder the rename touched.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import socket
@@ -125,8 +126,6 @@ class Layout:
     def __init__(self, root: Path, durable: bool = True) -> None:
         self.root = root
         self.durable = durable
-        # Staged files are made durable a batch at a time (`sync_staged`), not one by one.
-        self.batch_sync = durable and batch_sync_available(root)
         self._staging: tuple[Path, int] | None = None
         self._claimed: dict[Path, int] = {}
 
@@ -147,6 +146,12 @@ class Layout:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._staging = (d, fd)
         return self._staging[0]
+
+    @functools.cached_property
+    def batch_sync(self) -> bool:
+        """Staged files are made durable a batch at a time (`sync_staged`), not one by one.
+        Found out when first asked (only the ingest stages files), not for every Layout."""
+        return self.durable and batch_sync_available(self.root)
 
     @property
     def fsync_each_staged(self) -> bool:

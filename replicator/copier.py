@@ -16,6 +16,7 @@ listing (`Presence`). Else it goes straight up.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from replicator.claims import Copy, Result
@@ -64,30 +65,49 @@ def _copy(
             pass
     proven = _upload(target, local, job, throttle)
     if not (proven and verify == "metadata"):
-        _verify(target, job, verify)
+        try:
+            _verify(target, job, verify)
+        except BaseException:
+            target.discard_partial(job.path)  # a copy not verified is never named later
+            raise
     return True
 
 
 def _upload(target: Target, local: Path, job: Copy, throttle: Throttle) -> bool:
-    """Upload tier 0's bytes, after checking they are the bytes the index vouches for."""
+    """Upload tier 0's bytes, after checking they are the bytes the index vouches for.
+
+    Read with bare system calls (no buffered file object, which would stat the file
+    twice and ask whether it is a terminal): each call lets the other copy threads in.
+    """
     try:
-        fh = local.open("rb")
+        fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise TargetError(f"tier 0 copy of {job.path} is missing", Kind.SKIP) from None
-    with fh:
+    try:
         if job.interrupted:
             target.discard_partial(job.path)
         if job.size <= SINGLE_PUT_MAX:
-            data = fh.read()
+            data = _read(fd, job.size + 1)  # one byte more: a longer file shows
             if len(data) != job.size or digest.of_bytes(data) != job.digest:
                 raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
             return target.put(
                 job.path, local, job.digest, job.size, ThrottledReader(io.BytesIO(data), throttle)
             )
-        if digest.of_stream(fh) != job.digest:
-            raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
-        fh.seek(0)
-        return target.put(job.path, local, job.digest, job.size, ThrottledReader(fh, throttle))
+        with open(fd, "rb", closefd=False) as fh:
+            if digest.of_stream(fh) != job.digest:
+                raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
+            fh.seek(0)
+            return target.put(job.path, local, job.digest, job.size, ThrottledReader(fh, throttle))
+    finally:
+        os.close(fd)
+
+
+def _read(fd: int, size: int) -> bytes:
+    """Up to `size` bytes from the start of the file, in one read as a rule."""
+    data = os.read(fd, size)
+    while len(data) < size and (more := os.read(fd, size - len(data))):
+        data += more
+    return data
 
 
 def _verify(target: Target, job: Copy, verify: str) -> None:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, exists, func, select
 
@@ -49,6 +51,8 @@ RELOAD_SECONDS = 5.0
 LARGE_BACKLOG = 1000  # copies; below this, the per-copy log lines say enough
 PROGRESS_SECONDS = 10.0
 IDLE_SECONDS = 60.0  # no copy verified for this long: the backlog is worked off or stuck
+RECORD_SECONDS = 0.1  # a finished copy waits at most this long to be settled and recorded
+WAIT_SECONDS = 0.5  # the longest the loop waits on copies before looking at the feed again
 
 
 @dataclass
@@ -59,11 +63,20 @@ class _Lane:
     throttle: Throttle
     window: CronWindow | None
     pool: ThreadPoolExecutor
+    # Settles and records finished copies, so the loop keeps claiming meanwhile (a flush
+    # of a batch on a disk takes as long as copying the next one).
+    settler: ThreadPoolExecutor
     target: Target | None = None
     presence: Presence | None = None
     down_until: float = 0.0
     down_attempts: int = 0
     in_flight: dict[Future[Result], Copy] = field(default_factory=dict)
+    # Finished copies (and settled batches) arrive here, by a callback of each future, so
+    # the loop waits on one queue, not on every copy in flight.
+    done: queue.SimpleQueue[Future[Any]] = field(default_factory=queue.SimpleQueue)
+    finished: list[Result] = field(default_factory=list)
+    finished_at: float = 0.0  # monotonic time the oldest unrecorded result came in
+    settling: Future[list[Result]] | None = None  # the batch the settler has in hand
     copied: int = 0
     uploaded: int = 0
     failed: int = 0
@@ -98,8 +111,10 @@ class Replicator:
                 throttle=Throttle(parse_rate(t.bandwidth) if t.bandwidth else None),
                 window=CronWindow(t.window) if t.window else None,
                 pool=ThreadPoolExecutor(
-                    max_workers=t.concurrency, thread_name_prefix=f"copy-{t.name}"
+                    max_workers=t.concurrency,
+                    thread_name_prefix=f"copy-{t.name}",
                 ),
+                settler=ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"settle-{t.name}"),
             )
             for t in chosen
         }
@@ -129,12 +144,28 @@ class Replicator:
                 if not busy:
                     self.stop_event.wait(cfg.poll_seconds)
         finally:
+            failure: BaseException | None = None
             for lane in self.lanes.values():
-                lane.pool.shutdown(wait=True, cancel_futures=True)
-                self._collect(lane, block=False)
+                try:
+                    self._wind_down(lane)
+                except BaseException as exc:  # the other lanes still wind down, claims go back
+                    failure = failure or exc
             release(self.engine, self.worker)
             self._end_tracking()
+            if failure is not None:
+                raise failure
         return self._complete() if once else True
+
+    def _wind_down(self, lane: _Lane) -> None:
+        """Let copies under way finish (those not started are given back), then settle and
+        record every finished one."""
+        try:
+            lane.pool.shutdown(wait=True, cancel_futures=True)
+            self._collect(lane, block=False)
+            self._flush(lane, force=True)
+            self._settled_batch(lane, block=True)
+        finally:
+            lane.settler.shutdown(wait=True)
 
     def _track_backlog(self, ignore_window: bool) -> None:
         """Count what is left to copy where copying may happen now, and follow it if large."""
@@ -220,16 +251,21 @@ class Replicator:
             lane.feed_more = fed >= FEED_BATCH
         self._collect(lane, block=False)
         if lane.window and not ignore_window and not lane.window.is_open():
-            return bool(lane.in_flight)
+            if lane.in_flight:  # the window closed on copies under way: they finish
+                self._collect(lane, block=True)
+            self._flush(lane, force=not lane.in_flight)
+            return bool(lane.in_flight or lane.finished or lane.settling)
         if lane.target is None and not self._has_work(name):
             return bool(fed)  # nothing to copy: the target is not even opened (nor its SDK loaded)
         target, presence = self._target(lane), lane.presence
         if target is None or presence is None:
             return bool(fed)
-        # Claimed in batches once half the queue has drained: every thread stays busy, and
-        # the index is written once per batch of copies, not once per copy.
-        room = lane.settings.concurrency * 2 - len(lane.in_flight)
-        if room >= lane.settings.concurrency:
+        # Claimed a batch at a time once half a batch has room: every thread stays busy,
+        # and the index is written once per batch of copies, not once per copy.
+        # Not while a batch's worth of finished copies waits for the settler: each holds an
+        # open file on a folder target until it is named.
+        room = lane.settings.concurrency + cfg.batch_size - len(lane.in_flight)
+        if room >= max(cfg.batch_size // 2, 1) and len(lane.finished) < cfg.batch_size:
             jobs = claim(
                 self.engine, name, self.worker, min(room, cfg.batch_size), cfg.lease_seconds
             )
@@ -246,9 +282,11 @@ class Replicator:
                     cfg.backoff_max_seconds,
                 )
                 lane.in_flight[fut] = job
+                fut.add_done_callback(lane.done.put)
         if lane.in_flight:
             self._collect(lane, block=True)
-        return bool(fed or lane.in_flight)
+        self._flush(lane, force=not lane.in_flight)
+        return bool(fed or lane.in_flight or lane.finished or lane.settling)
 
     def _target(self, lane: _Lane) -> Target | None:
         if lane.target is not None:
@@ -269,25 +307,63 @@ class Replicator:
         return lane.target
 
     def _collect(self, lane: _Lane, block: bool) -> None:
-        if not lane.in_flight:
+        """Take in the copies that finished; with `block`, wait for one first, but never
+        past the moment the oldest unrecorded result is due to be recorded."""
+        timeout = WAIT_SECONDS
+        if lane.finished and lane.settling is None:
+            timeout = max(0.0, lane.finished_at + RECORD_SECONDS - time.monotonic())
+        try:
+            fut = lane.done.get(timeout=timeout) if block else lane.done.get_nowait()
+            while True:
+                job = lane.in_flight.pop(fut, None)
+                if job is not None and not fut.cancelled():  # cancelled: never started
+                    if not lane.finished:
+                        lane.finished_at = time.monotonic()
+                    lane.finished.append(fut.result())
+                fut = lane.done.get_nowait()
+        except queue.Empty:
+            pass
+        self._flush(lane)
+
+    def _flush(self, lane: _Lane, force: bool = False) -> None:
+        """Hand finished copies to the settler a batch at a time: a flush on the target and
+        a transaction in the index per batch, not per copy. A batch goes once the settler
+        is free and it is full or its oldest result waited `RECORD_SECONDS` (at once,
+        `force`, when nothing else is in flight); while the settler works, it grows."""
+        self._settled_batch(lane, block=force)
+        results = lane.finished
+        if not results or lane.settling is not None:
             return
-        done, _ = wait(
-            list(lane.in_flight), timeout=0.5 if block else 0, return_when=FIRST_COMPLETED
-        )
-        results = []
-        for fut in done:
-            lane.in_flight.pop(fut)
-            results.append(fut.result())
+        due = time.monotonic() - lane.finished_at >= RECORD_SECONDS
+        if not (force or due or len(results) >= self.settings.replicator.batch_size):
+            return
+        lane.finished = []
+        lane.settling = lane.settler.submit(self._settle_and_record, lane, results)
+        lane.settling.add_done_callback(lane.done.put)  # wakes a loop waiting on copies
+        if force:
+            self._settled_batch(lane, block=True)
+
+    def _settle_and_record(self, lane: _Lane, results: list[Result]) -> list[Result]:
+        """In the settler: nothing is recorded as verified before the target made it durable."""
         if lane.target is not None and any(res.state == "verified" for res in results):
             results = self._settle(lane, lane.target, results)
-        for res in results:
+        record(self.engine, self.worker, results)
+        return results
+
+    def _settled_batch(self, lane: _Lane, block: bool) -> None:
+        """Count and log the batch the settler finished (its errors are raised here)."""
+        settling = lane.settling
+        if settling is None or not (block or settling.done()):
+            return
+        lane.settling = None
+        verified = uploaded = 0
+        for res in settling.result():
             if res.state == "verified":
-                lane.copied += 1
-                self._last_verified = time.monotonic()
-                if self._progress is not None:
-                    self._progress.update()
-                lane.uploaded += int(res.uploaded)
-                logger.info(
+                verified += 1
+                uploaded += int(res.uploaded)
+                # A line per copy only when asked for: at hundreds of copies a second its
+                # writes would hold up the copy threads (the batch line below counts them).
+                logger.debug(
                     "%-9s target=%s %s",
                     "uploaded" if res.uploaded else "present",
                     lane.settings.name,
@@ -298,14 +374,26 @@ class Replicator:
                 logger.warning(
                     "%-9s target=%s %s: %s", res.state, lane.settings.name, res.copy.path, res.error
                 )
-        record(self.engine, self.worker, results)
+        if verified:
+            lane.copied += verified
+            lane.uploaded += uploaded
+            self._last_verified = time.monotonic()
+            if self._progress is not None:
+                self._progress.update(verified)
+            logger.info(
+                "verified  target=%s %d copies (%d uploaded, %d already there)",
+                lane.settings.name,
+                verified,
+                uploaded,
+                verified - uploaded,
+            )
 
     def _settle(self, lane: _Lane, target: Target, results: list[Result]) -> list[Result]:
         """Copies count as verified only once durable on the target: one flush per batch
         (a folder target fsyncs each folder written to once, not once per file)."""
         try:
-            target.settle()
-        except TargetError as exc:
+            target.settle([res.copy.path for res in results if res.state == "verified"])
+        except (TargetError, OSError) as exc:
             wait = self.settings.replicator.backoff_max_seconds
             logger.error("target %s: copies not made durable: %s", lane.settings.name, exc)
             return [
@@ -326,7 +414,7 @@ class Replicator:
         """--once: nothing left that could still succeed on this run."""
         r = schema.replicas
         for name, lane in self.lanes.items():
-            if lane.in_flight:
+            if lane.in_flight or lane.finished or lane.settling is not None:
                 return False
             if lane.window and not ignore_window and not lane.window.is_open():
                 continue

@@ -134,7 +134,10 @@ concurrency = 2
 bandwidth = "300KB/s"
 """
     )
-    command = [sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "replicate"]
+    command = [  # each copy's line is a debug line
+        *(sys.executable, "-m", "vna.cli.main", "--config", str(cfg), "--log-level", "debug"),
+        "replicate",
+    ]
     uploads = 0
     for _ in range(trials):
         proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -155,17 +158,20 @@ bandwidth = "300KB/s"
 
 
 def test_uploads_count_only_once_made_durable(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A folder target that cannot fsync its folders: the copies are there but not durable,
-    so none counts as verified; once it can, they are verified without being sent again."""
+    """A folder target (an NFS mount: each file fsynced and named in its copy thread) that
+    cannot fsync its folders: the copies are there but not durable, so none counts as
+    verified; once it can, they are verified without being sent again."""
+    import vna.targets.local
     from tests.test_replicator import archive_with, replicate
     from vna.targets.faults import Kind, TargetError
     from vna.targets.local import LocalTarget
 
+    monkeypatch.setattr(vna.targets.local, "batch_sync_available", lambda root: False)
     archive = archive_with(
         tmp_path, f"sqlite:///{tmp_path}/index.db", [{"name": "nfs", "url": f"file://{tmp_path}/r"}]
     )
 
-    def fails(self: LocalTarget) -> None:
+    def fails(self: LocalTarget, relpaths: object) -> None:
         raise TargetError("fsync: input/output error", Kind.RETRY)
 
     with monkeypatch.context() as patched:
@@ -191,6 +197,118 @@ def test_uploads_count_only_once_made_durable(tmp_path: Path, monkeypatch) -> No
     assert_target_matches_index(archive, "nfs")
 
 
+def test_a_failed_batch_flush_names_nothing_and_the_copies_go_again(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A local disk: a batch's files are named only after one syncfs. When it reports a
+    write-back error, no file of the batch gets a name, none counts as verified, and the
+    next run sends them again: the target never shows a name whose bytes may be lost."""
+    import vna.targets.local
+    from tests.test_replicator import archive_with, replicate
+
+    archive = archive_with(
+        tmp_path,
+        f"sqlite:///{tmp_path}/index.db",
+        [{"name": "disk", "url": f"file://{tmp_path}/r"}],
+    )
+
+    def fails(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(vna.targets.local, "syncfs", fails)
+        complete, r = replicate(archive, max_attempts=1)
+    assert not complete and r.lanes["disk"].failed == 8 and r.lanes["disk"].copied == 0
+    assert replica_states(archive, "disk") == {"failed": 8}
+    assert [p for p in (tmp_path / "r").rglob("*") if p.is_file()] == []
+
+    with archive.engine.begin() as conn:  # due now, not after the back-off
+        conn.execute(schema.replicas.update().values(next_attempt_at=schema.replicas.c.queued_at))
+    r = Replicator(archive.settings, archive.engine)
+    assert r.run(once=True)
+    assert r.lanes["disk"].uploaded == 8
+    assert_target_matches_index(archive, "disk")
+
+
+def test_a_flush_names_only_its_own_batch_and_a_failed_one_names_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Copies still being verified are not named by another batch's flush; a batch whose
+    flush failed leaves no name behind, while the others are named by their own."""
+    import io
+
+    import vna.targets.local
+    from vna import digest
+    from vna.settings import TargetSettings
+    from vna.targets.faults import TargetError
+    from vna.targets.registry import open_target
+
+    target = open_target(TargetSettings(name="disk", url=f"file://{tmp_path}/r"))
+    first, second = (f"studies/1/series/1/instances/{n}.dcm" for n in (1, 2))
+    for rel in (first, second):
+        data = rel.encode() * 100
+        target.put(rel, tmp_path, digest.of_bytes(data), len(data), io.BytesIO(data))
+    real_syncfs = vna.targets.local.syncfs
+    calls: list[int] = []
+
+    def fails_once(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real_syncfs(fd)
+
+    monkeypatch.setattr(vna.targets.local, "syncfs", fails_once)
+    with pytest.raises(TargetError):
+        target.settle([first])
+    assert target.stat(first) is None  # gone: its copy goes again
+    assert target.stat(second) is not None and not (tmp_path / "r" / second).exists()
+
+    target.settle([second])
+
+    assert (tmp_path / "r" / second).read_bytes() == second.encode() * 100
+    assert not (tmp_path / "r" / first).exists() and len(calls) == 2
+
+
+def test_a_flush_failing_once_under_load_loses_nothing_and_reads_back_every_copy(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The default verification (read-back) runs while earlier batches are flushed and
+    named; one flush fails. Every copy recorded as verified is on the target, named, with
+    the right bytes, and none is skipped for being momentarily out of sight."""
+    import vna.targets.local
+    from tests.test_replicator import archive_with
+
+    archive = archive_with(
+        tmp_path,
+        f"sqlite:///{tmp_path}/index.db",
+        # Copies trickle in (a bandwidth cap), so they finish over many batches.
+        [{"name": "disk", "url": f"file://{tmp_path}/r", "concurrency": 4, "bandwidth": "40KB/s"}],
+        n=40,
+    )
+    real_syncfs = vna.targets.local.syncfs
+    calls: list[int] = []
+
+    def slow_and_failing_once(fd: int) -> None:
+        calls.append(fd)
+        time.sleep(0.05)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real_syncfs(fd)
+
+    monkeypatch.setattr(vna.targets.local, "syncfs", slow_and_failing_once)
+    first = Replicator(archive.settings, archive.engine)
+    first.run(once=True, max_attempts=1)
+    states = replica_states(archive, "disk")
+    assert states.get("skipped", 0) == 0 and first.lanes["disk"].failed > 0
+    assert len(calls) >= 2  # batches flushed while others were read back
+
+    with archive.engine.begin() as conn:  # due now, not after the back-off
+        conn.execute(schema.replicas.update().values(next_attempt_at=schema.replicas.c.queued_at))
+    assert Replicator(archive.settings, archive.engine).run(once=True)
+    assert replica_states(archive, "disk") == {"verified": 40}
+    assert_target_matches_index(archive, "disk")
+
+
 def test_a_failed_folder_fsync_keeps_every_folder_for_the_next_settle(
     tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -203,9 +321,9 @@ def test_a_failed_folder_fsync_keeps_every_folder_for_the_next_settle(
     from vna.targets.registry import open_target
 
     target = open_target(TargetSettings(name="nfs", url=f"file://{tmp_path}/r"))
-    for series in ("1.1", "1.2", "1.3"):
-        data = series.encode() * 100
-        rel = f"studies/1/series/{series}/instances/1.dcm"
+    rels = [f"studies/1/series/{series}/instances/1.dcm" for series in ("1.1", "1.2", "1.3")]
+    for rel in rels:
+        data = rel.encode() * 100
         target.put(rel, tmp_path, digest.of_bytes(data), len(data), io.BytesIO(data))
     synced: list[Path] = []
 
@@ -217,8 +335,8 @@ def test_a_failed_folder_fsync_keeps_every_folder_for_the_next_settle(
 
     monkeypatch.setattr(vna.targets.local, "fsync_dir", fails_once)
     with pytest.raises(TargetError):
-        target.settle()
-    target.settle()
+        target.settle(rels)
+    target.settle([])
 
     folders = {p.parent for p in (tmp_path / "r").rglob("*.dcm")}
     assert len(synced) == 4 and set(synced[1:]) == folders  # the failed one and the two after

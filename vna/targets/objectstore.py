@@ -30,7 +30,7 @@ import errno
 import hashlib
 import importlib
 import io
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -302,7 +302,7 @@ class FsspecTarget:
         except Exception as exc:
             raise self._fail("writing", relpath, exc) from exc
 
-    def settle(self) -> None:
+    def settle(self, relpaths: Collection[str]) -> None:
         """Nothing to do: the store answered a put once it had kept the object."""
 
     def confirm(self, relpath: str) -> None:

@@ -8,7 +8,7 @@ this interface are `TargetError`s already classified as retry, fatal or skip
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -48,21 +48,23 @@ class Target(Protocol):
     capabilities: Capabilities
 
     def put(self, relpath: str, local: Path, digest: str, size: int, reader: Readable) -> bool:
-        """Store `reader`'s bytes at `relpath`; visible only once complete, durable once
-        `settle` returned. True if the store's answer proves it kept exactly these bytes
-        (with `digest` in the object's metadata): a checksum it computed over what it
-        stored, equal to the one of what was sent."""
+        """Store `reader`'s bytes at `relpath`; visible only once complete (at the latest
+        once `settle` returned, which is also when it is durable). True if the store's
+        answer proves it kept exactly these bytes (with `digest` in the object's metadata):
+        a checksum it computed over what it stored, equal to the one of what was sent."""
 
-    def settle(self) -> None:
-        """Make every object put (or confirmed) so far durable: a power cut cannot take it
-        back."""
+    def settle(self, relpaths: Collection[str]) -> None:
+        """Make the objects at `relpaths`, put and verified (or confirmed), durable: a power
+        cut cannot take them back. A target that names its files only once they are
+        durable names them now; one not named here stays unnamed."""
 
     def confirm(self, relpath: str) -> None:
         """An object found already on the target is about to count as verified: have the
         next `settle` make it durable too."""
 
     def discard_partial(self, relpath: str) -> None:
-        """Remove what an upload of `relpath` killed midway left behind, if anything."""
+        """Remove what an upload of `relpath` killed midway, or one that failed its
+        verification, left behind, if anything."""
 
     def stat(self, relpath: str) -> ObjectInfo | None:
         """Size (and digest if kept) of an object, or None if there is none."""

@@ -19,7 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Update, and_, bindparam, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    Update,
+    and_,
+    bindparam,
+    select,
+    type_coerce,
+    update,
+)
 
 from vna.index import schema
 from vna.index.dialect import native_insert
@@ -90,67 +101,90 @@ def enqueue(conn: Connection, target: str, rows: Sequence[Any], note: str | None
     conn.execute(upsert, values)
 
 
-def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: float) -> list[Copy]:
-    """Lease up to `limit` copies that are due on `target`."""
+def _claiming(which: ColumnElement[bool]) -> Update:
+    """Lease the first `b_limit` copies matching `which` and return them, in one statement
+    built once (UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING): no
+    datetime is read back, only whether the copy was tried before."""
     r = schema.replicas
+    chosen = (
+        select(r.c.id)
+        .where(which)
+        .order_by(r.c.next_attempt_at, r.c.id)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
+    )
+    # Whether it was tried is read from the columns as they are: SQLite 3.40 evaluates an
+    # IS NOT NULL in RETURNING wrongly, and the times need not be parsed to see they are set.
+    uploaded, verified = (type_coerce(col, String) for col in (r.c.uploaded_at, r.c.verified_at))
+    return (
+        update(r)
+        .where(r.c.id.in_(chosen.scalar_subquery()))
+        .values(
+            state="copying", claimed_by=bindparam("b_worker"), claimed_until=bindparam("b_until")
+        )
+        .returning(
+            *(r.c.id, r.c.sop_uid, r.c.path, r.c.digest, r.c.size, r.c.attempts, r.c.last_error),
+            uploaded.label("uploaded_at"),
+            verified.label("verified_at"),
+        )
+    )
+
+
+_r = schema.replicas
+# A dead worker's copies, whose lease ran out: a partial upload may be left of them.
+_ORPHANED = _claiming(
+    and_(
+        _r.c.target == bindparam("b_target"),
+        _r.c.state == "copying",
+        _r.c.claimed_until < bindparam("b_moment"),
+    )
+)
+_DUE = _claiming(
+    and_(
+        _r.c.target == bindparam("b_target"),
+        _r.c.state.in_(("pending", "failed")),
+        _r.c.next_attempt_at <= bindparam("b_moment"),
+    )
+)
+
+
+def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: float) -> list[Copy]:
+    """Lease up to `limit` copies that are due on `target`, oldest due first.
+
+    Each statement is an index range on (target, state, ...), so an archive of millions
+    of verified copies costs nothing to poll.
+    """
     moment = now()
-    cols = (
-        r.c.id,
-        r.c.sop_uid,
-        r.c.path,
-        r.c.digest,
-        r.c.size,
-        r.c.attempts,
-        r.c.uploaded_at,
-        r.c.verified_at,
-        r.c.last_error,
-    )
-    # Two queries rather than one OR: each is an index range on (target, state, ...), so an
-    # archive of millions of verified copies costs nothing to poll.
-    due = and_(
-        r.c.target == target, r.c.state.in_(("pending", "failed")), r.c.next_attempt_at <= moment
-    )
-    orphaned = and_(r.c.target == target, r.c.state == "copying", r.c.claimed_until < moment)
+    params: dict[str, Any] = {
+        "b_target": target,
+        "b_moment": moment,
+        "b_worker": worker,
+        "b_until": moment + dt.timedelta(seconds=lease_seconds),
+    }
+    copies: list[Copy] = []
     with write_transaction(engine, durable=False) as conn:
-        rows = list(
-            conn.execute(
-                select(*cols).where(orphaned).limit(limit).with_for_update(skip_locked=True)
-            ).all()
-        )
-        taken_over = {row.id for row in rows}
-        if len(rows) < limit:
-            rows += conn.execute(
-                select(*cols)
-                .where(due)
-                .order_by(r.c.next_attempt_at, r.c.id)
-                .limit(limit - len(rows))
-                .with_for_update(skip_locked=True)
-            ).all()
-        if not rows:
-            return []
-        conn.execute(
-            update(r)
-            .where(r.c.id.in_([row.id for row in rows]))
-            .values(
-                state="copying",
-                claimed_by=worker,
-                claimed_until=moment + dt.timedelta(seconds=lease_seconds),
+        for stmt, interrupted in ((_ORPHANED, True), (_DUE, False)):
+            if len(copies) >= limit:
+                break
+            rows = conn.execute(stmt, {**params, "b_limit": limit - len(copies)}).all()
+            copies += (
+                Copy(
+                    row.id,
+                    target,
+                    row.sop_uid,
+                    row.path,
+                    row.digest,
+                    row.size,
+                    row.attempts,
+                    interrupted=interrupted,
+                    tried=bool(
+                        row.attempts or row.uploaded_at or row.verified_at or row.last_error
+                    ),
+                )
+                for row in rows
             )
-        )
-    return [
-        Copy(
-            row.id,
-            target,
-            row.sop_uid,
-            row.path,
-            row.digest,
-            row.size,
-            row.attempts,
-            interrupted=row.id in taken_over,
-            tried=bool(row.attempts or row.uploaded_at or row.verified_at or row.last_error),
-        )
-        for row in rows
-    ]
+    copies.sort(key=lambda c: c.id)  # RETURNING has no order: keep a series' copies together
+    return copies
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    func,
     select,
     type_coerce,
     update,
@@ -103,8 +104,13 @@ def enqueue(conn: Connection, target: str, rows: Sequence[Any], note: str | None
 
 def _claiming(which: ColumnElement[bool]) -> Update:
     """Lease the first `b_limit` copies matching `which` and return them, in one statement
-    built once (UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING): no
-    datetime is read back, only whether the copy was tried before."""
+    built once: WITH chosen AS MATERIALIZED (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
+    UPDATE ... WHERE id IN (SELECT id FROM chosen) RETURNING ...
+
+    Materialized, the choice is made once. As a plain IN (subquery), PostgreSQL may join
+    it as the inner side of a nested loop and run it again per row, each run skipping the
+    rows just taken and taking n more: a claim of far more than n.
+    """
     r = schema.replicas
     chosen = (
         select(r.c.id)
@@ -112,20 +118,22 @@ def _claiming(which: ColumnElement[bool]) -> Update:
         .order_by(r.c.next_attempt_at, r.c.id)
         .limit(bindparam("b_limit"))
         .with_for_update(skip_locked=True)
+        .cte("chosen")
+        .prefix_with("MATERIALIZED")
     )
-    # Whether it was tried is read from the columns as they are: SQLite 3.40 evaluates an
-    # IS NOT NULL in RETURNING wrongly, and the times need not be parsed to see they are set.
-    uploaded, verified = (type_coerce(col, String) for col in (r.c.uploaded_at, r.c.verified_at))
+    # Whether it was tried is read from plain columns: SQLite 3.40 evaluates IS [NOT] NULL
+    # in RETURNING wrongly (a NOT NULL primary key makes it constant). The two times come
+    # as one, unparsed on SQLite, as only whether either is set matters.
+    stamped = type_coerce(func.coalesce(r.c.uploaded_at, r.c.verified_at), String)
     return (
         update(r)
-        .where(r.c.id.in_(chosen.scalar_subquery()))
+        .where(r.c.id.in_(select(chosen.c.id)))
         .values(
             state="copying", claimed_by=bindparam("b_worker"), claimed_until=bindparam("b_until")
         )
         .returning(
             *(r.c.id, r.c.sop_uid, r.c.path, r.c.digest, r.c.size, r.c.attempts, r.c.last_error),
-            uploaded.label("uploaded_at"),
-            verified.label("verified_at"),
+            stamped.label("stamped"),
         )
     )
 
@@ -149,7 +157,8 @@ _DUE = _claiming(
 
 
 def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: float) -> list[Copy]:
-    """Lease up to `limit` copies that are due on `target`, oldest due first.
+    """Lease up to `limit` copies on `target`: a dead worker's first, then the oldest due;
+    returned in id order (a series' copies together).
 
     Each statement is an index range on (target, state, ...), so an archive of millions
     of verified copies costs nothing to poll.
@@ -177,14 +186,25 @@ def claim(engine: Engine, target: str, worker: str, limit: int, lease_seconds: f
                     row.size,
                     row.attempts,
                     interrupted=interrupted,
-                    tried=bool(
-                        row.attempts or row.uploaded_at or row.verified_at or row.last_error
-                    ),
+                    tried=bool(row.attempts or row.stamped or row.last_error),
                 )
                 for row in rows
             )
-    copies.sort(key=lambda c: c.id)  # RETURNING has no order: keep a series' copies together
+    copies.sort(key=lambda c: c.id)  # RETURNING has no order
     return copies
+
+
+def renew(engine: Engine, target: str, worker: str, lease_seconds: float) -> None:
+    """Extend the lease of every copy to `target` this worker holds. A copy slower than its
+    lease (a large file under a bandwidth cap) would otherwise be taken over while it runs,
+    by another worker or by this one: sent twice, its upload cleaned up under it."""
+    r = schema.replicas
+    with write_transaction(engine, durable=False) as conn:
+        conn.execute(
+            update(r)
+            .where(r.c.target == target, r.c.state == "copying", r.c.claimed_by == worker)
+            .values(claimed_until=now() + dt.timedelta(seconds=lease_seconds))
+        )
 
 
 @dataclass(frozen=True)

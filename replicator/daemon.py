@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, exists, func, select
 
-from replicator.claims import Copy, Result, claim, record, release
+from replicator.claims import Copy, Result, claim, record, release, renew
 from replicator.copier import copy_one
 from replicator.feed import FEED_BATCH, feed
 from replicator.presence import Presence
@@ -81,6 +81,7 @@ class _Lane:
     uploaded: int = 0
     failed: int = 0
     fed_at: float = 0.0  # monotonic time the change feed was last read
+    leased_at: float = 0.0  # monotonic time the leases of its copies were last set
     feed_more: bool = False  # the last read filled a batch: more is waiting
 
 
@@ -250,6 +251,7 @@ class Replicator:
             lane.fed_at = time.monotonic()
             lane.feed_more = fed >= FEED_BATCH
         self._collect(lane, block=False)
+        self._renew(lane)
         if lane.window and not ignore_window and not lane.window.is_open():
             if lane.in_flight:  # the window closed on copies under way: they finish
                 self._collect(lane, block=True)
@@ -270,6 +272,8 @@ class Replicator:
                 self.engine, name, self.worker, min(room, cfg.batch_size), cfg.lease_seconds
             )
             self._claimed += len(jobs)
+            if jobs and not lane.in_flight:
+                lane.leased_at = time.monotonic()
             for job in jobs:
                 fut = lane.pool.submit(
                     copy_one,
@@ -287,6 +291,13 @@ class Replicator:
             self._collect(lane, block=True)
         self._flush(lane, force=not lane.in_flight)
         return bool(fed or lane.in_flight or lane.finished or lane.settling)
+
+    def _renew(self, lane: _Lane) -> None:
+        """While copies are under way, their leases are extended every third of a lease."""
+        lease = self.settings.replicator.lease_seconds
+        if lane.in_flight and time.monotonic() - lane.leased_at >= lease / 3:
+            renew(self.engine, lane.settings.name, self.worker, lease)
+            lane.leased_at = time.monotonic()
 
     def _target(self, lane: _Lane) -> Target | None:
         if lane.target is not None:

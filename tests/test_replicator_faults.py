@@ -340,3 +340,33 @@ def test_a_failed_folder_fsync_keeps_every_folder_for_the_next_settle(
 
     folders = {p.parent for p in (tmp_path / "r").rglob("*.dcm")}
     assert len(synced) == 4 and set(synced[1:]) == folders  # the failed one and the two after
+
+
+@pytest.mark.parametrize("renewed", [True, False], ids=["renewed", "not-renewed"])
+def test_a_copy_slower_than_its_lease_is_not_taken_over_while_it_runs(
+    tmp_path: Path, monkeypatch, renewed: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """Copies under a tight bandwidth cap outlast a 1 s lease. Renewed while they run, none
+    is claimed again (by this worker's next claim, which takes over expired leases); not
+    renewed, the same copies would be sent twice, as the second case shows."""
+    import replicator.daemon
+    from tests.test_replicator import archive_with
+
+    if not renewed:
+        monkeypatch.setattr(replicator.daemon, "renew", lambda *args: None)
+    archive = archive_with(
+        tmp_path,
+        f"sqlite:///{tmp_path}/index.db",
+        [{"name": "disk", "url": f"file://{tmp_path}/r", "concurrency": 1, "bandwidth": "3KB/s"}],
+        n=3,
+        replicator={"lease_seconds": 1, "poll_seconds": 0.1},
+    )
+
+    r = Replicator(archive.settings, archive.engine)
+    assert r.run(once=True)
+
+    assert_target_matches_index(archive, "disk")
+    if renewed:
+        assert r.lanes["disk"].uploaded == 3 and r.lanes["disk"].copied == 3
+    else:
+        assert r.lanes["disk"].copied > 3  # the failure renewal prevents

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pydicom
 import pytest
 
 from tests.conftest import write_config
-from vna.cli.main import main
+from vna.cli.main import entry, main
 from vna.sample import SampleSpec, generate
 
 
@@ -141,3 +142,35 @@ def test_every_service_unit_starts_a_real_command() -> None:
         argv = line.split()[1:]
         args = parser.parse_args(argv)  # SystemExit (a failure) for an unknown command
         assert callable(args.handler), unit.name
+
+
+def test_the_vna_command_writes_everything_before_its_fast_exit(
+    tmp_path: Path, index_url: str
+) -> None:
+    """The installed command leaves its objects to the end of the process (`entry`): what
+    it wrote is still all there, and its exit status is the command's."""
+    cfg = write_config(tmp_path, index_url)
+    generate(tmp_path / "drop-a", SampleSpec(instances=2, rows=16, columns=16))
+    vna(cfg, "ingest", "--once")
+    out = tmp_path / "capacity.json"
+    command = Path(sys.executable).with_name("vna")
+    args = ["--config", str(cfg), "report", "capacity", "--format", "json", "--out", str(out)]
+
+    proc = subprocess.run([str(command), *args], capture_output=True, text=True)
+
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["by_source"]["pacs-a"]["instances"] == 2
+    bad = subprocess.run([str(command), "--config", str(tmp_path / "none.toml"), "status"])
+    assert bad.returncode == 2
+
+
+def test_entry_freezes_the_heap_once_the_command_is_done(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = write_config(tmp_path, index_url)
+    monkeypatch.setattr(sys, "argv", ["vna", "--config", str(cfg), "status"])
+    try:
+        assert entry() == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

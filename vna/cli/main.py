@@ -8,6 +8,7 @@ problems, 0 otherwise.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -94,5 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The `vna` command: `main`, then an exit that does not walk every object once more.
+
+    At exit the interpreter collects garbage over every object still alive, about 0.1 s
+    with SQLAlchemy loaded: a quarter of a short command's time. Frozen (`gc.freeze`),
+    they are left to the end of the process; each is still freed by reference counting
+    as modules are torn down, so files are closed and flushed as before.
+    """
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

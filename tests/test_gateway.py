@@ -502,6 +502,43 @@ def test_retrieve_in_batches_is_the_same_multipart(
     assert sorted(got) == sorted(sops)
 
 
+def test_retrieve_advises_each_file_once_before_its_turn(
+    loaded: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a cold page cache, a retrieve reads at the disk's pace only if the files ahead
+    are already being read by the kernel while earlier ones are sent."""
+    from viewer_gateway import wado_rs
+    from viewer_gateway.tiers import InstanceStore
+
+    events: list[tuple[str, str]] = []
+    advise, read = InstanceStore.prefetch, InstanceStore.read
+
+    def record_prefetch(store: InstanceStore, insts: list[Any]) -> None:
+        events.extend(("advised", inst.sop_uid) for inst in insts)
+        advise(store, insts)
+
+    def record_read(store: InstanceStore, inst: Any) -> bytes:
+        events.append(("read", inst.sop_uid))
+        return read(store, inst)
+
+    monkeypatch.setattr(wado_rs, "BATCH_BYTES", 1)  # one instance per batch
+    monkeypatch.setattr(InstanceStore, "prefetch", record_prefetch)
+    monkeypatch.setattr(InstanceStore, "read", record_read)
+    study, _, sops = uids()
+    r = client(loaded).get(
+        f"/dicomweb/studies/{study}",
+        headers={"Accept": "multipart/related; type=application/dicom; transfer-syntax=*"},
+    )
+    assert r.status_code == 200 and len(parts(r)) == len(sops)
+    advised = [sop for what, sop in events if what == "advised"]
+    assert sorted(advised) == sorted(sops)  # every file once
+    reads = [k for k, (what, _sop) in enumerate(events) if what == "read"]
+    for turn, k in enumerate(reads):  # one instance per batch: batch `turn` is read at k
+        advised_before = sum(1 for what, _sop in events[:k] if what == "advised")
+        assert advised_before >= min(len(sops), turn + 1 + wado_rs.PREFETCH_BATCHES)
+        assert ("advised", events[k][1]) in events[:k]
+
+
 def test_a_single_frame_is_one_plain_response(loaded: Archive) -> None:
     study, series, _ = uids()
     sop = next(ds.SOPInstanceUID for _, ds in datasets(SPEC) if ds.SeriesInstanceUID == series[0])

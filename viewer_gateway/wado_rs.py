@@ -30,6 +30,8 @@ _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 #: batch instead of one per instance; a retrieve holds two batches at most (one being sent,
 #: the next being read).
 BATCH_BYTES = 2 << 20
+#: Batches whose files a retrieve asks the kernel to read ahead of their turn (tiers.prefetch).
+PREFETCH_BATCHES = 2
 #: Frames answers up to this size go out as one body (no streaming machinery for a frame).
 WHOLE_BYTES = 16 << 20
 
@@ -49,6 +51,7 @@ class Retrieval:
     batches: list[list[Located]]
     length: int | None
     first: list[bytes] = field(default_factory=list)
+    advised: int = 0  # batches before this one have been prefetched
 
     @property
     def content_type(self) -> str:
@@ -57,6 +60,10 @@ class Retrieval:
     def read(self, index: int) -> list[bytes]:
         """The pieces of batch `index`: each part's delimiter and headers, then its bytes
         (the bytes as read, never copied into a bigger buffer)."""
+        ahead = min(index + 1 + PREFETCH_BATCHES, len(self.batches))
+        for later in range(self.advised, ahead):
+            self.store.prefetch(self.batches[later])
+        self.advised = max(self.advised, ahead)
         pieces: list[bytes] = []
         for inst in self.batches[index]:
             data = self.store.read(inst)

@@ -84,8 +84,11 @@ class InstanceStore:
         A retrieve reads its instances one after another; from a cold page cache each
         read would wait for the disk alone. Advised ahead of their turn, the files are
         read by the kernel while earlier ones are sent, several requests in flight at
-        once. Only advice: a file that cannot be opened is left to `read`.
+        once. Only advice: a file that cannot be opened is left to `read`, and where the
+        system has no posix_fadvise nothing is done.
         """
+        if not hasattr(os, "posix_fadvise"):
+            return
         for inst in insts:
             try:
                 fd = os.open(self.layout.path(inst.path), os.O_RDONLY)

@@ -4,7 +4,7 @@ Why side by side: a latency or a rate means little on its own; measured in the
 same run, on the same instances, by the same client code, it can be read against
 the server a site would otherwise put in front of a viewer (Orthanc 1.10 with its
 DICOMweb plugin, Debian `orthanc` and `orthanc-dicomweb`), and the retrieve rate
-against the physical limit (reading the same files from disk, and from the page cache).
+against reading the same files in one thread (from disk, and from the page cache).
 
 The dataset (generated with `vna.sample`, 512x512 16-bit CT-like instances):
 - one study of 2 series of `--per-series` (500) instances: the series of every
@@ -25,17 +25,19 @@ What is measured, each run (`--repeat`, default 3; medians over the runs are rep
    (`M%C3%BCller*`), fully percent-encoded (`M%C3%BCller%2A`), an ASCII wildcard
    (`Nguyen*`), an exact Patient ID, and OHIF's study list query; `--qido-requests`
    (200) each, p50/p95, and how many studies came back. A latency is compared only
-   where both servers found the same studies (Orthanc's plugin finds nothing for
+   where both servers found as many studies (Orthanc's plugin finds nothing for
    `Müller*`, and finding nothing is not the same work).
 2. Series metadata of the 500-instance series: `--metadata-requests` (20), p50/p95.
 3. Series retrieve (`multipart/related; type="application/dicom"; transfer-syntax=*`),
    streamed and counted, MB/s; beside it, reading our 500 archived files from the
-   layout in one thread (the physical limit), and the same bytes as one file from
+   layout in one thread, and the same bytes as one file from
    `python -m http.server` (what plain HTTP moves on this machine, same client).
    Twice: first from disk (as root, `/proc/sys/vm/drop_caches` is written before each
-   contender, after a sync, so every one of them reads its files and index from the
-   disk), then warm (every file of both servers' storage is read once, so the page
-   cache holds all of them for every contender).
+   contender, after a sync, so every one of them reads its files' and its index's data
+   from the disk; file metadata stays cached), then warm (every stored file and index of
+   both servers is read once, so the page cache holds all of them for every contender).
+   The target (a share of reading the same bytes from disk) is judged on the first;
+   the warm share is printed beside it.
 4. Single frame (`.../frames/1`, octet-stream, `transfer-syntax=*`): `--frame-requests`
    (200) across the instances of the series, p50/p95.
 5. Rendered (`.../rendered`, image/jpeg): `--rendered-requests` (100), p50/p95.
@@ -321,7 +323,7 @@ class Server:
     name: str
     root: str
     pid: int
-    storage: list[Path]  # every stored file, read once before the retrieve measure
+    storage: list[Path]  # every stored file and its index, read into the page cache when warmed
 
     def series_url(self, data: Dataset) -> str:
         return f"{self.root}/studies/{data.study}/series/{data.series}"
@@ -331,7 +333,9 @@ class Server:
 
 
 def orthanc_stored_files(orthanc: OrthancServer) -> list[Path]:
-    return [p for p in (orthanc.workdir / "storage").rglob("*") if p.is_file()]
+    return [
+        p for d in ("storage", "index") for p in (orthanc.workdir / d).rglob("*") if p.is_file()
+    ]
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -617,7 +621,8 @@ def measure_first_metadata(
 
 
 def warm_page_cache(servers: Sequence[Server]) -> None:
-    """Read every stored file of every server once, so the page cache holds all of them."""
+    """Read every stored file and index of every server once, so the page cache holds all of
+    them (again, after the cold measures dropped it: the measures after them are warm ones)."""
     buf = bytearray(CHUNK)
     for server in servers:
         for path in server.storage:
@@ -1009,13 +1014,16 @@ def report_retrieve(args: argparse.Namespace, results: Results) -> None:
     )
     if not results.get("retrieve-cold"):
         print("(from disk: not measured, dropping the page cache needs root)")
+    judged = next(key for key, _how in RETRIEVES if results.get(key))
     for key, how in RETRIEVES:
         if results.get(key):
-            report_retrieve_from(args, results, key, how)
+            report_retrieve_from(args, results, key, how, key == judged)
     print_seen(results, [key for key, _how in RETRIEVES])
 
 
-def report_retrieve_from(args: argparse.Namespace, results: Results, key: str, how: str) -> None:
+def report_retrieve_from(
+    args: argparse.Namespace, results: Results, key: str, how: str, judged: bool
+) -> None:
     print(how)
     disk = figures(results, key, DISK)
     labels = {
@@ -1041,11 +1049,13 @@ def report_retrieve_from(args: argparse.Namespace, results: Results, key: str, h
     ours_mb = figures(results, key, OURS).median("mb_s")
     other_mb = figures(results, key, ORTHANC).median("mb_s")
     share = ours_mb / disk.median("mb_s")
-    print(
-        f"ratio ours/Orthanc MB/s: {ratio_text(ours_mb / other_mb)}; "
+    judgement = (
         f"target ours >= {TARGET_DISK_SHARE:.0%} of the read: {share:.0%}, "
         f"{verdict(share >= TARGET_DISK_SHARE)}"
+        if judged
+        else f"ours: {share:.0%} of the read (not the target's measure)"
     )
+    print(f"ratio ours/Orthanc MB/s: {ratio_text(ours_mb / other_mb)}; {judgement}")
 
 
 def report_frames(args: argparse.Namespace, results: Results) -> None:
@@ -1157,6 +1167,7 @@ def ours_serving(archive: LoadedArchive, port: int) -> Iterator[tuple[Server, Se
         took = wait_serving(serve, root)
         print(f"ours: vna serve answers on {root} ({took:.1f} s after start)", flush=True)
         storage = sorted(archive.archive_root.glob("studies/*/series/*/instances/*.dcm"))
+        storage += sorted(archive.run_dir.glob(f"{archive.index_path.name}*"))
         yield Server(OURS, root, serve.process.pid, storage), serve
 
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import os
 import platform
@@ -237,13 +238,19 @@ def rclone_run(config: Path, verb: str, source: Path, dest: str, run_dir: Path, 
 
 
 def flush_seconds(folder: Path) -> float:
-    """Time to write back everything still dirty on `folder`'s file system (syncfs)."""
+    """Time to write back everything still dirty on `folder`'s file system (syncfs; a sync of
+    every file system where the kernel has no syncfs that reports errors)."""
     from vna.durability import syncfs
 
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         started = time.perf_counter()
-        syncfs(fd)
+        try:
+            syncfs(fd)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            os.sync()
         return time.perf_counter() - started
     finally:
         os.close(fd)

@@ -51,7 +51,6 @@ class Retrieval:
     batches: list[list[Located]]
     length: int | None
     first: list[bytes] = field(default_factory=list)
-    advised: int = 0  # batches before this one have been prefetched
 
     @property
     def content_type(self) -> str:
@@ -60,10 +59,11 @@ class Retrieval:
     def read(self, index: int) -> list[bytes]:
         """The pieces of batch `index`: each part's delimiter and headers, then its bytes
         (the bytes as read, never copied into a bigger buffer)."""
-        ahead = min(index + 1 + PREFETCH_BATCHES, len(self.batches))
-        for later in range(self.advised, ahead):
+        # Batches are read in order: the first read advises its own batch and the next
+        # PREFETCH_BATCHES, each later one the batch that comes into that window.
+        start = 0 if index == 0 else index + PREFETCH_BATCHES
+        for later in range(start, min(index + 1 + PREFETCH_BATCHES, len(self.batches))):
             self.store.prefetch(self.batches[later])
-        self.advised = max(self.advised, ahead)
         pieces: list[bytes] = []
         for inst in self.batches[index]:
             data = self.store.read(inst)

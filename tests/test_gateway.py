@@ -270,6 +270,21 @@ def test_audit_log_records_every_access(loaded: Archive, tmp_path: Path) -> None
     ]
 
 
+def test_audit_log_follows_a_rotation(loaded: Archive, tmp_path: Path) -> None:
+    import json
+
+    log = tmp_path / "audit" / "audit.jsonl"
+    c = client(loaded, audit_log=log)
+    c.get("/dicomweb/studies")
+    log.rename(log.with_suffix(".1"))  # what logrotate does
+    c.get("/dicomweb/studies?PatientID=nobody")
+    old = [json.loads(line) for line in log.with_suffix(".1").read_text().splitlines()]
+    new = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["resource"], x["status"]) for x in old] == [("/dicomweb/studies", 200)]
+    assert [(x["resource"], x["status"]) for x in new] == [("/dicomweb/studies", 200)]
+    assert log.stat().st_mode & 0o777 == 0o640  # patient access: not for every local user
+
+
 def test_every_route_is_in_the_conformance_statement(loaded: Archive) -> None:
     from starlette.routing import Route
 

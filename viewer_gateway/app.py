@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio.to_thread
+import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -50,7 +51,6 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     gw = settings.gateway
     store = InstanceStore(settings, engine)
     prepared = MetadataCache(store, engine)
-    audit.configure(gw.audit_log)
     app = FastAPI(
         title="vna DICOMweb",
         version="0.1",
@@ -77,15 +77,15 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     def base_url(request: Request) -> str:
         if gw.public_url:
             return gw.public_url.rstrip("/")
-        proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-        host = request.headers.get(
-            "x-forwarded-host", request.headers.get("host", request.url.netloc)
-        )
-        prefix = request.headers.get("x-forwarded-prefix", "").rstrip("/")
+        # The headers first: building `request.url` costs more than the rest of this.
+        headers = request.headers
+        proto = (headers.get("x-forwarded-proto") or request.scope["scheme"]).split(",")[0].strip()
+        host = headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc
+        prefix = headers.get("x-forwarded-prefix", "").rstrip("/")
         return f"{proto}://{host.split(',')[0].strip()}{prefix}{ROOT}"
 
     # Pure ASGI (see audit.py): no per-request task, streamed bodies pass straight through.
-    app.add_middleware(audit.AuditMiddleware, root=ROOT)
+    app.add_middleware(audit.AuditMiddleware, root=ROOT, trail=audit.AuditTrail(gw.audit_log))
 
     @app.exception_handler(VnaError)
     async def _vna_error(request: Request, exc: VnaError) -> JSONResponse:
@@ -114,34 +114,38 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             status_code=500,
         )
 
-    async def search(request: Request, level: Level, scope: qido.Scope) -> JSONResponse:
+    def search_body(q: qido.Query, scope: qido.Scope, base: str) -> bytes:
+        # orjson: json.dumps took a third of the time of rendering a page of studies.
+        return orjson.dumps(qido.search(engine, q, scope, base))
+
+    async def search(request: Request, level: Level, scope: qido.Scope) -> Response:
         q = qido.parse(level, request.query_params.multi_items(), gw.max_limit)
-        found = await run_in_threadpool(qido.search, engine, q, scope, base_url(request))
-        return JSONResponse(found, media_type=DICOM_JSON)
+        body = await run_in_threadpool(search_body, q, scope, base_url(request))
+        return Response(body, media_type=DICOM_JSON)
 
     Who = Annotated[Principal, Depends(principal)]
 
     # QIDO-RS, PS3.18 10.6
     @app.get(f"{ROOT}/studies", summary="Search for studies (PS3.18 10.6)")
-    async def search_studies(request: Request, who: Who) -> JSONResponse:
+    async def search_studies(request: Request, who: Who) -> Response:
         return await search(request, Level.STUDY, qido.Scope())
 
     @app.get(f"{ROOT}/series", summary="Search for series (PS3.18 10.6)")
-    async def search_all_series(request: Request, who: Who) -> JSONResponse:
+    async def search_all_series(request: Request, who: Who) -> Response:
         return await search(request, Level.SERIES, qido.Scope())
 
     @app.get(f"{ROOT}/instances", summary="Search for instances (PS3.18 10.6)")
-    async def search_all_instances(request: Request, who: Who) -> JSONResponse:
+    async def search_all_instances(request: Request, who: Who) -> Response:
         return await search(request, Level.INSTANCE, qido.Scope())
 
     @app.get(ROOT + "/studies/{study}/series", summary="Search for a study's series (PS3.18 10.6)")
-    async def search_series(request: Request, study: Uid, who: Who) -> JSONResponse:
+    async def search_series(request: Request, study: Uid, who: Who) -> Response:
         return await search(request, Level.SERIES, qido.Scope(study))
 
     @app.get(
         ROOT + "/studies/{study}/instances", summary="Search for a study's instances (PS3.18 10.6)"
     )
-    async def search_study_instances(request: Request, study: Uid, who: Who) -> JSONResponse:
+    async def search_study_instances(request: Request, study: Uid, who: Who) -> Response:
         return await search(request, Level.INSTANCE, qido.Scope(study))
 
     @app.get(
@@ -153,7 +157,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         study: Uid,
         series: Uid,
         who: Who,
-    ) -> JSONResponse:
+    ) -> Response:
         return await search(request, Level.INSTANCE, qido.Scope(study, series))
 
     # WADO-RS, PS3.18 10.4

@@ -236,10 +236,16 @@ class Replicator:
             )
 
     def _step(self, lane: _Lane, ignore_window: bool) -> bool:
-        """One round for one target; True if it did or has work in hand."""
+        """One round for one target; True if it did or has work in hand.
+
+        A round that recorded copies counts as work done even if nothing is left in hand:
+        its last batch may have been what held claims back (the batch waiting for the
+        settler was full), so the next round claims at once instead of after a poll.
+        """
         name = lane.settings.name
         cfg = self.settings.replicator
         fed = 0
+        recorded = lane.copied + lane.failed
         # While copies are in flight, the feed is read once per poll (or at once while it
         # has more): not once per finished copy, which would spend the loop's time on it.
         if (
@@ -290,7 +296,8 @@ class Replicator:
         if lane.in_flight:
             self._collect(lane, block=True)
         self._flush(lane, force=not lane.in_flight)
-        return bool(fed or lane.in_flight or lane.finished or lane.settling)
+        progressed = lane.copied + lane.failed != recorded
+        return bool(fed or progressed or lane.in_flight or lane.finished or lane.settling)
 
     def _renew(self, lane: _Lane) -> None:
         """While copies are under way, their leases are extended every third of a lease."""

@@ -70,6 +70,29 @@ def test_once_copies_and_verifies_every_instance(
     assert_target_matches_index(archive, name)
 
 
+def test_copies_waiting_to_be_claimed_never_wait_for_a_poll(tmp_path: Path, index_url: str) -> None:
+    """The loop waits `poll_seconds` only when it has nothing to do. A round whose claims were
+    held back by a full batch waiting for the settler, and which then recorded that batch,
+    once returned "idle" with copies still pending: an initial copy paused a poll (1 s by
+    default) every few batches, and took four times as long as it should."""
+    target = {"name": "nfs", "url": f"file://{tmp_path}/replica", "concurrency": 4}
+    archive = archive_with(
+        tmp_path, index_url, [target], n=48, replicator={"poll_seconds": 3600, "batch_size": 4}
+    )
+    r = Replicator(archive.settings, archive.engine)
+    pending_at_wait: list[int] = []
+
+    def no_wait(timeout: float | None = None) -> bool:
+        states = replica_states(archive, "nfs")
+        pending_at_wait.append(sum(n for s, n in states.items() if s != "verified"))
+        return False
+
+    r.stop_event.wait = no_wait  # type: ignore[method-assign]
+    assert r.run(once=True)
+    assert replica_states(archive, "nfs") == {"verified": 48}
+    assert pending_at_wait == [0] * len(pending_at_wait), pending_at_wait
+
+
 def test_no_change_pass_uploads_nothing_and_new_study_follows(
     tmp_path: Path, index_url: str
 ) -> None:

@@ -736,7 +736,7 @@ def print_lag(bench: Bench) -> None:
     print(
         f"4. replication lag while ingest runs at full speed: {n} instances moved into the drop "
         f"folder at once; vna ingest (daemon, {bench.args.workers} workers, events, settle 0) and "
-        "vna replicate (daemon, poll 0.2 s) to a local folder, verify=read-back; lag sampled "
+        "vna replicate (daemon, default settings) to a local folder, verify=read-back; lag sampled "
         "every 100 ms"
     )
     header = (

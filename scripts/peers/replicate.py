@@ -84,9 +84,6 @@ def _toml(value: Any) -> str:
 
 
 REPLICATE_TEMPLATE = """
-[replicator]
-poll_seconds = {poll}
-
 [[targets]]
 name = "{target}"
 url = {url}
@@ -104,14 +101,13 @@ def write_replicate_config(
     verify: str,
     concurrency: int,
     workers: int = 2,
-    poll_seconds: float = 0.2,
 ) -> Path:
-    """`peers.ours`' ingest config (archive, drop, index) plus the replicator and one target."""
+    """`peers.ours`' ingest config (archive, drop, index) plus one target; the replicator's
+    own settings (poll, batch size) are left at their defaults, as an admin would have them."""
     config = write_config(run_dir, index_url, workers)
     with config.open("a") as fh:
         fh.write(
             REPLICATE_TEMPLATE.format(
-                poll=poll_seconds,
                 target=TARGET,
                 url=_toml(target_url),
                 options=_toml(storage_options),

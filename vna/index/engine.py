@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from vna.errors import SettingsError, TargetUnavailable
 
@@ -70,7 +70,7 @@ def create(url: str, pooling: Pooling | None = None) -> Engine:
             _sqlite_pragmas(dbapi_conn, cache_kib)
 
         event.listen(engine, "connect", pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
@@ -91,12 +91,22 @@ def _sqlite_pragmas(dbapi_conn: Any, cache_kib: int) -> None:
     cur.close()
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
-    # On the driver's connection: through SQLAlchemy's execution machinery, BEGIN cost as
-    # much as a whole index lookup (a third of a small search's time in the index).
-    conn.connection.driver_connection.execute(
-        "BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN"
-    )
+def _sqlite_begin(conn: Any) -> None:
+    """BEGIN IMMEDIATE for a writer (the write lock up front), a deferred BEGIN for a reader.
+
+    A reader's BEGIN goes to the driver's connection: through SQLAlchemy's execution
+    machinery it cost as much as a whole index lookup (a third of a small search's time
+    in the index). A writer's may wait for the lock and fail: it goes through SQLAlchemy,
+    whose errors (OperationalError) the callers handle; so does a reader's failure.
+    """
+    if conn.info.get("write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        conn.connection.driver_connection.execute("BEGIN")
+    except dbapi.Error as exc:
+        raise DBAPIError.instance("BEGIN", (), exc, dbapi.Error, dialect=conn.dialect) from exc
 
 
 @contextmanager

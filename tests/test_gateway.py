@@ -272,17 +272,43 @@ def test_audit_log_records_every_access(loaded: Archive, tmp_path: Path) -> None
 
 def test_audit_log_follows_a_rotation(loaded: Archive, tmp_path: Path) -> None:
     import json
+    import os
 
     log = tmp_path / "audit" / "audit.jsonl"
-    c = client(loaded, audit_log=log)
-    c.get("/dicomweb/studies")
-    log.rename(log.with_suffix(".1"))  # what logrotate does
-    c.get("/dicomweb/studies?PatientID=nobody")
+    umask = os.umask(0o022)
+    try:
+        c = client(loaded, audit_log=log)
+        c.get("/dicomweb/studies")
+        log.rename(log.with_suffix(".1"))  # what logrotate does
+        c.get("/dicomweb/studies?PatientID=nobody")
+    finally:
+        os.umask(umask)
     old = [json.loads(line) for line in log.with_suffix(".1").read_text().splitlines()]
     new = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(x["resource"], x["status"]) for x in old] == [("/dicomweb/studies", 200)]
     assert [(x["resource"], x["status"]) for x in new] == [("/dicomweb/studies", 200)]
     assert log.stat().st_mode & 0o777 == 0o640  # patient access: not for every local user
+
+
+def test_an_audit_log_that_cannot_be_written_stops_start_up_and_later_counts_losses(
+    loaded: Archive, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from viewer_gateway.audit import AuditUnavailable
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(AuditUnavailable, match="a-folder"):
+        client(loaded, audit_log=folder)  # a folder, not a file: no gateway without its audit
+    log = tmp_path / "audit.jsonl"
+    c = client(loaded, audit_log=log)
+    log.unlink()
+    log.mkdir()  # now it cannot be appended to
+    study, _, _ = uids()
+    for _ in range(3):
+        assert c.get(f"/dicomweb/studies/{study}/series").status_code == 200
+    errors = [r.getMessage() for r in caplog.records if r.name == "viewer_gateway.audit"]
+    assert len(errors) == 1 and "1 line(s) lost" in errors[0]  # once a minute at most
+    assert study not in errors[0]  # what was accessed stays out of the operational log
 
 
 def test_every_route_is_in_the_conformance_statement(loaded: Archive) -> None:

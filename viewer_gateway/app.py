@@ -79,7 +79,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             return gw.public_url.rstrip("/")
         # The headers first: building `request.url` costs more than the rest of this.
         headers = request.headers
-        proto = (headers.get("x-forwarded-proto") or request.scope["scheme"]).split(",")[0].strip()
+        proto = headers.get("x-forwarded-proto") or request.scope.get("scheme", "http")
+        proto = proto.split(",")[0].strip()
         host = headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc
         prefix = headers.get("x-forwarded-prefix", "").rstrip("/")
         return f"{proto}://{host.split(',')[0].strip()}{prefix}{ROOT}"

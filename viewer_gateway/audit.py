@@ -12,15 +12,24 @@ middleware outside it then sends).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vna.errors import SettingsError
+
 logger = logging.getLogger(__name__)
+REPORT_SECONDS = 60.0
+
+
+class AuditUnavailable(SettingsError):
+    """The configured audit log cannot be written: the gateway does not start."""
 
 
 class AuditTrail:
@@ -31,12 +40,28 @@ class AuditTrail:
     opened for each line, so a log rotation that moves it away is followed at
     once. Cheaper than the logging machinery (a record, a handler lock, a flush),
     which cost more than the rest of a small search's response.
+
+    A file that cannot be written at start-up stops the gateway (AuditUnavailable):
+    it must not serve patient data unaudited because of a wrong path. A line that
+    cannot be written later (a full disk) is counted and reported in the
+    operational log, at most once a minute and without its content, which is not
+    for that log; the request it records has been answered already.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.lost = 0
+        self._reported_at = -REPORT_SECONDS
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.close(self._open())
+            except OSError as exc:
+                raise AuditUnavailable(f"gateway.audit_log {path}: {exc.strerror}") from None
+
+    def _open(self) -> int:
+        assert self.path is not None
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def record(self, who: str, client: str, method: str, path: str, status: int) -> None:
         """Who, what, when, outcome."""
@@ -50,17 +75,34 @@ class AuditTrail:
                 "status": status,
             }
         )
-        if self.path is None:
-            print(line, file=sys.stderr, flush=True)
-            return
+        data = line.encode() + b"\n"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            if self.path is None:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+                return
+            fd = self._open()
             try:
-                os.write(fd, line.encode() + b"\n")
+                written = os.write(fd, data)
+                if written < len(data):  # end the partial line, so the next one parses
+                    os.write(fd, b"\n")
+                    raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
             finally:
                 os.close(fd)
-        except OSError as exc:  # a full disk must not turn answered requests into errors
-            logger.error("cannot write the audit trail %s: %s; lost: %s", self.path, exc, line)
+        except (OSError, ValueError) as exc:  # ValueError: stderr closed
+            self._lose(exc)
+
+    def _lose(self, exc: Exception) -> None:
+        self.lost += 1
+        now = time.monotonic()
+        if now - self._reported_at >= REPORT_SECONDS:
+            self._reported_at = now
+            logger.error(
+                "audit trail %s cannot be written (%s): %d line(s) lost so far",
+                self.path or "stderr",
+                exc,
+                self.lost,
+            )
 
 
 class AuditMiddleware:

@@ -238,14 +238,15 @@ class Replicator:
     def _step(self, lane: _Lane, ignore_window: bool) -> bool:
         """One round for one target; True if it did or has work in hand.
 
-        A round that recorded copies counts as work done even if nothing is left in hand:
+        A round that verified copies counts as work done even if nothing is left in hand:
         its last batch may have been what held claims back (the batch waiting for the
         settler was full), so the next round claims at once instead of after a poll.
+        Failures do not count: copies failing fast (a full target) are tried a poll apart.
         """
         name = lane.settings.name
         cfg = self.settings.replicator
         fed = 0
-        recorded = lane.copied + lane.failed
+        verified = lane.copied
         # While copies are in flight, the feed is read once per poll (or at once while it
         # has more): not once per finished copy, which would spend the loop's time on it.
         if (
@@ -296,7 +297,7 @@ class Replicator:
         if lane.in_flight:
             self._collect(lane, block=True)
         self._flush(lane, force=not lane.in_flight)
-        progressed = lane.copied + lane.failed != recorded
+        progressed = lane.copied != verified
         return bool(fed or progressed or lane.in_flight or lane.finished or lane.settling)
 
     def _renew(self, lane: _Lane) -> None:

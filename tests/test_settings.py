@@ -65,6 +65,8 @@ def test_every_key_is_in_the_example_file() -> None:
             "may not be coerced",
         ),
         ("[ingest]\nafter = 'move'\n", "ingest.processed: required"),
+        ("[replicator]\nbackoff_max_seconds = 0\n", "replicator.backoff_max_seconds: must be"),
+        ("[replicator]\nbatch_size = 0\n", "replicator.batch_size: must be at least 1"),
         ("[index\nurl = 1", "not valid TOML"),
     ],
 )

@@ -361,6 +361,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         ingest = dataclasses.replace(ingest, processed=absolute(ingest.processed))
     if ingest.batch_size < 1:
         raise SettingsError("ingest.batch_size: must be at least 1")
+    _check_replicator(settings.replicator)
     names: set[str] = set()
     sources = []
     for i, src in enumerate(settings.sources):
@@ -406,6 +407,15 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         scheduler=scheduler,
         index=IndexSettings(url=url),
     )
+
+
+def _check_replicator(replicator: ReplicatorSettings) -> None:
+    """A zero back-off would retry a failing copy in a tight loop; a zero poll, spin."""
+    if replicator.batch_size < 1:
+        raise SettingsError("replicator.batch_size: must be at least 1")
+    for key in ("poll_seconds", "lease_seconds", "backoff_max_seconds"):
+        if not getattr(replicator, key) > 0:
+            raise SettingsError(f"replicator.{key}: must be more than 0")
 
 
 def _check_targets(targets: list[TargetSettings]) -> None:

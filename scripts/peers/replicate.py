@@ -8,8 +8,8 @@ timing itself stays in the benchmark script.
   in place (DESIGN.md), so a tree of hard links is a faithful, instant copy: an
   ingest into it adds files and never touches the shared ones. The index (a
   SQLite file) is copied, so each run has its own replica rows and cursor.
-- `write_replicate_config`: `peers.ours.write_config` plus `[replicator]` and
-  one `[[targets]]` entry.
+- `write_replicate_config`: `peers.ours.write_config` plus one `[[targets]]`
+  entry; the replicator's own settings stay at their defaults.
 - `ReplicaCounter` / `LagSampler`: replication lag from outside the daemons, by
   SQL on the index (SQLite opened read-only, so it never blocks a writer).
 - `mark_replicated` / `rewind_target`: an index of a million rows that claims to

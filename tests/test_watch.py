@@ -63,3 +63,23 @@ def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(
     finally:
         daemon.stop()
         thread.join(timeout=20)
+
+
+def test_a_backlog_larger_than_max_pending_does_not_wait_for_the_next_rescan(
+    tmp_path: Path, index_url: str
+) -> None:
+    """Files there before the daemon started raise no events: a rescan that stopped at
+    max_pending scans again once half of what it took is done, not after rescan_seconds."""
+    archive = make_archive(
+        tmp_path, index_url, settle_seconds=0, rescan_seconds=3600, max_pending=4
+    )
+    generate(archive.drop(), SampleSpec(instances=14, rows=16, columns=16))
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for_instances(archive.engine, 14) == 14
+    finally:
+        daemon.stop()
+        thread.join(timeout=20)
+    assert not thread.is_alive()

@@ -79,6 +79,7 @@ class IngestDaemon:
         self.on_outcome = on_outcome
         self._pool: ProcessPoolExecutor | None = None
         self._submitted = 0
+        self._more_on_disk = False  # the last rescan stopped at max_pending
 
     # -- the loop ---------------------------------------------------------
 
@@ -100,7 +101,7 @@ class IngestDaemon:
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
-                if now >= next_rescan:
+                if now >= next_rescan or self._backlog_waits():
                     self._rescan()
                     next_rescan = now + ingest.rescan_seconds
                 if watchers:
@@ -146,11 +147,20 @@ class IngestDaemon:
 
     def _rescan(self) -> None:
         limit = self.settings.ingest.max_pending
+        self._more_on_disk = False
         for src in self.settings.sources:
             for cand in scan(src.name, src.drop, self.settings.ingest.ignore):
                 if len(self.pending) >= limit:
+                    self._more_on_disk = True
                     return
                 self._add(cand)
+
+    def _backlog_waits(self) -> bool:
+        """A rescan stopped at `max_pending` and half of what it took is done: scan again
+        now. Files that were there before the daemon started raise no events, so a backlog
+        larger than `max_pending` (a migration, a share filled while the daemon was down)
+        would otherwise be taken `max_pending` files per `rescan_seconds`."""
+        return self._more_on_disk and len(self.pending) <= self.settings.ingest.max_pending // 2
 
     def _add(self, cand: Candidate) -> None:
         known = self.pending.get(cand.path)

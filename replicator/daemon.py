@@ -241,7 +241,9 @@ class Replicator:
         A round that verified copies counts as work done even if nothing is left in hand:
         its last batch may have been what held claims back (the batch waiting for the
         settler was full), so the next round claims at once instead of after a poll.
-        Failures do not count: copies failing fast (a full target) are tried a poll apart.
+        Failures do not count, but a claim that got all it asked for does: copies failing
+        fast (a full target) are tried again a back-off later, not in a tight loop, while
+        the copies queued behind them are claimed at once.
         """
         name = lane.settings.name
         cfg = self.settings.replicator
@@ -273,11 +275,22 @@ class Replicator:
         # and the index is written once per batch of copies, not once per copy.
         # Not while a batch's worth of finished copies waits for the settler: each holds an
         # open file on a folder target until it is named.
+        if (
+            not lane.in_flight
+            and lane.settling is not None
+            and len(lane.finished) >= cfg.batch_size
+        ):
+            # Claims wait for a full batch to be handed over. With nothing in flight, wait for
+            # the settler here and hand it the batch, so this round claims while it settles
+            # (else the forced flush below would wait for two settles with every thread idle).
+            self._settled_batch(lane, block=True)
+            self._flush(lane)
         room = lane.settings.concurrency + cfg.batch_size - len(lane.in_flight)
+        full_claim = False
         if room >= max(cfg.batch_size // 2, 1) and len(lane.finished) < cfg.batch_size:
-            jobs = claim(
-                self.engine, name, self.worker, min(room, cfg.batch_size), cfg.lease_seconds
-            )
+            asked = min(room, cfg.batch_size)
+            jobs = claim(self.engine, name, self.worker, asked, cfg.lease_seconds)
+            full_claim = len(jobs) == asked  # more may be due, even if these all fail at once
             self._claimed += len(jobs)
             if jobs and not lane.in_flight:
                 lane.leased_at = time.monotonic()
@@ -297,7 +310,7 @@ class Replicator:
         if lane.in_flight:
             self._collect(lane, block=True)
         self._flush(lane, force=not lane.in_flight)
-        progressed = lane.copied != verified
+        progressed = lane.copied != verified or full_claim
         return bool(fed or progressed or lane.in_flight or lane.finished or lane.settling)
 
     def _renew(self, lane: _Lane) -> None:

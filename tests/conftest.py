@@ -8,8 +8,10 @@ PostgreSQL variants fail: they are never skipped.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,3 +191,16 @@ def target_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, A
         "url": f"s3://{server.new_bucket()}/site-1",
         "storage_options": server.storage_options(),
     }
+
+
+@contextmanager
+def in_thread(run: Callable[[], object], stop: Callable[[], object]) -> Iterator[None]:
+    """`run` in a daemon thread, stopped with `stop` (and proven stopped) on the way out."""
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), f"{run} did not stop"

@@ -22,7 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import Archive, make_archive
+from tests.conftest import Archive, in_thread, make_archive
 from vna import digest as digest_mod
 from vna.cli.main import main as vna_main
 from vna.index import schema
@@ -43,14 +43,8 @@ def every_second(spec: JobSpec, zone: dt.tzinfo | None) -> CronTrigger:
 @contextmanager
 def running(scheduler: Scheduler) -> Iterator[threading.Event]:
     stop = threading.Event()
-    thread = threading.Thread(target=scheduler.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with in_thread(lambda: scheduler.run(stop), stop.set):
         yield stop
-    finally:
-        stop.set()
-        thread.join(timeout=20)
-        assert not thread.is_alive(), "the scheduler did not stop"
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import make_archive
+from tests.conftest import Archive, in_thread, make_archive
 from vna.index import schema
 from vna.ingest.daemon import IngestDaemon
 from vna.sample import SampleSpec, generate
@@ -27,6 +28,14 @@ def wait_for_instances(engine, n: int, timeout: float = 20.0) -> int:
     return got
 
 
+@contextlib.contextmanager
+def running(archive: Archive) -> Iterator[IngestDaemon]:
+    """The ingest daemon in a thread, stopped (and proven stopped) on the way out."""
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    with in_thread(daemon.run, daemon.stop):
+        yield daemon
+
+
 @pytest.mark.parametrize("watch", ["events", "poll"])
 def test_running_daemon_takes_new_files_without_a_rescan(
     tmp_path: Path, index_url: str, watch: str
@@ -35,18 +44,11 @@ def test_running_daemon_takes_new_files_without_a_rescan(
     archive = make_archive(
         tmp_path, index_url, sources=sources, settle_seconds=0.3, rescan_seconds=3600
     )
-    daemon = IngestDaemon(archive.settings, archive.engine)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    try:
+    with running(archive):
         time.sleep(1.0)  # the start-up scan is over; only events can find what comes now
         generate(archive.drop() / "late-export", SampleSpec(instances=5, rows=16, columns=16))
 
         assert wait_for_instances(archive.engine, 5) == 5
-    finally:
-        daemon.stop()
-        thread.join(timeout=20)
-    assert not thread.is_alive()
     assert not [p for p in archive.drop().rglob("*") if p.is_file()]
 
 
@@ -55,14 +57,8 @@ def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(
 ) -> None:
     archive = make_archive(tmp_path, index_url, settle_seconds=0, rescan_seconds=3600)
     generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16))
-    daemon = IngestDaemon(archive.settings, archive.engine)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    try:
+    with running(archive):
         assert wait_for_instances(archive.engine, 3) == 3
-    finally:
-        daemon.stop()
-        thread.join(timeout=20)
 
 
 def test_a_backlog_larger_than_max_pending_does_not_wait_for_the_next_rescan(
@@ -74,12 +70,5 @@ def test_a_backlog_larger_than_max_pending_does_not_wait_for_the_next_rescan(
         tmp_path, index_url, settle_seconds=0, rescan_seconds=3600, max_pending=4
     )
     generate(archive.drop(), SampleSpec(instances=14, rows=16, columns=16))
-    daemon = IngestDaemon(archive.settings, archive.engine)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    try:
+    with running(archive):
         assert wait_for_instances(archive.engine, 14) == 14
-    finally:
-        daemon.stop()
-        thread.join(timeout=20)
-    assert not thread.is_alive()

@@ -74,7 +74,9 @@ class IngestSettings:
         "Same SOP Instance UID, different content: quarantine the newcomer, or replace "
         "(the older version then goes to quarantine, never deleted).",
     )
-    max_pending: int = _key(20000, "Most drop files tracked at once; a rescan finds the rest.")
+    max_pending: int = _key(
+        20000, "Most drop files tracked at once; once half are done, a scan takes the next ones."
+    )
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,8 @@ class _Lane:
     down_until: float = 0.0
     down_attempts: int = 0
     in_flight: dict[Future[Result], Copy] = field(default_factory=dict)
-    # Finished copies (and settled batches) arrive here, by a callback of each future, so
-    # the loop waits on one queue, not on every copy in flight.
+    # Finished copies (and settled batches) arrive here, by a callback of each future that
+    # also wakes the loop: it waits once for every lane, not on each copy in flight.
     done: queue.SimpleQueue[Future[Any]] = field(default_factory=queue.SimpleQueue)
     finished: list[Result] = field(default_factory=list)
     finished_at: float = 0.0  # monotonic time the oldest unrecorded result came in
@@ -105,6 +105,9 @@ class Replicator:
         self.layout = Layout(settings.archive.root, settings.archive.fsync)
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
         self.stop_event = threading.Event()
+        # Set by every finished copy or settled batch of any lane, and by stop(): the loop
+        # waits on this, so a slow target's copies never hold up a fast one's next claim.
+        self._wake = threading.Event()
         chosen = [t for t in settings.targets if not targets or t.name in targets]
         self.lanes = {
             t.name: _Lane(
@@ -127,6 +130,7 @@ class Replicator:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
 
     def run(self, once: bool = False, ignore_window: bool = False, max_attempts: int = 5) -> bool:
         """Replicate; with `once`, return True if every target is fully verified."""
@@ -142,7 +146,9 @@ class Replicator:
                     break
                 if not once:
                     self._retrack(busy, ignore_window)
-                if not busy:
+                if any(lane.in_flight or lane.settling is not None for lane in self.lanes.values()):
+                    self._await_copies()
+                elif not busy:
                     self.stop_event.wait(cfg.poll_seconds)
         finally:
             failure: BaseException | None = None
@@ -162,9 +168,8 @@ class Replicator:
         record every finished one."""
         try:
             lane.pool.shutdown(wait=True, cancel_futures=True)
-            self._collect(lane, block=False)
-            self._flush(lane, force=True)
-            self._settled_batch(lane, block=True)
+            self._collect(lane)
+            self._flush(lane, force=True, wait=True)
         finally:
             lane.settler.shutdown(wait=True)
 
@@ -259,11 +264,10 @@ class Replicator:
             fed = feed(self.engine, name)
             lane.fed_at = time.monotonic()
             lane.feed_more = fed >= FEED_BATCH
-        self._collect(lane, block=False)
+        self._collect(lane)
         self._renew(lane)
         if lane.window and not ignore_window and not lane.window.is_open():
-            if lane.in_flight:  # the window closed on copies under way: they finish
-                self._collect(lane, block=True)
+            # The window closed on copies under way: they finish, nothing new is claimed.
             self._flush(lane, force=not lane.in_flight)
             return bool(lane.in_flight or lane.finished or lane.settling)
         if lane.target is None and not self._has_work(name):
@@ -274,17 +278,8 @@ class Replicator:
         # Claimed a batch at a time once half a batch has room: every thread stays busy,
         # and the index is written once per batch of copies, not once per copy.
         # Not while a batch's worth of finished copies waits for the settler: each holds an
-        # open file on a folder target until it is named.
-        if (
-            not lane.in_flight
-            and lane.settling is not None
-            and len(lane.finished) >= cfg.batch_size
-        ):
-            # Claims wait for a full batch to be handed over. With nothing in flight, wait for
-            # the settler here and hand it the batch, so this round claims while it settles
-            # (else the forced flush below would wait for two settles with every thread idle).
-            self._settled_batch(lane, block=True)
-            self._flush(lane)
+        # open file on a folder target until it is named. The settler's end wakes the loop,
+        # whose next round hands that batch over and claims in the same round.
         room = lane.settings.concurrency + cfg.batch_size - len(lane.in_flight)
         full_claim = False
         if room >= max(cfg.batch_size // 2, 1) and len(lane.finished) < cfg.batch_size:
@@ -306,9 +301,7 @@ class Replicator:
                     cfg.backoff_max_seconds,
                 )
                 lane.in_flight[fut] = job
-                fut.add_done_callback(lane.done.put)
-        if lane.in_flight:
-            self._collect(lane, block=True)
+                fut.add_done_callback(self._arrived(lane))
         self._flush(lane, force=not lane.in_flight)
         progressed = lane.copied != verified or full_claim
         return bool(fed or progressed or lane.in_flight or lane.finished or lane.settling)
@@ -338,14 +331,32 @@ class Replicator:
             )
         return lane.target
 
-    def _collect(self, lane: _Lane, block: bool) -> None:
-        """Take in the copies that finished; with `block`, wait for one first, but never
-        past the moment the oldest unrecorded result is due to be recorded."""
+    def _arrived(self, lane: _Lane) -> Callable[[Future[Any]], None]:
+        """A future's done callback: queue it on its lane and wake the loop."""
+
+        def arrived(fut: Future[Any]) -> None:
+            lane.done.put(fut)
+            self._wake.set()
+
+        return arrived
+
+    def _await_copies(self) -> None:
+        """Wait for a copy or a settled batch of any lane, but never past the moment a
+        lane's oldest unrecorded result is due to be recorded; take in what came."""
         timeout = WAIT_SECONDS
-        if lane.finished and lane.settling is None:
-            timeout = max(0.0, lane.finished_at + RECORD_SECONDS - time.monotonic())
+        for lane in self.lanes.values():
+            if lane.finished and lane.settling is None:
+                due = lane.finished_at + RECORD_SECONDS - time.monotonic()
+                timeout = max(0.0, min(timeout, due))
+        self._wake.wait(timeout)
+        self._wake.clear()  # before collecting: what arrives after this wakes the next wait
+        for lane in self.lanes.values():
+            self._collect(lane)
+
+    def _collect(self, lane: _Lane) -> None:
+        """Take in the copies (and the settled batch) that finished; never waits."""
         try:
-            fut = lane.done.get(timeout=timeout) if block else lane.done.get_nowait()
+            fut = lane.done.get_nowait()
             while True:
                 job = lane.in_flight.pop(fut, None)
                 if job is not None and not fut.cancelled():  # cancelled: never started
@@ -357,12 +368,13 @@ class Replicator:
             pass
         self._flush(lane)
 
-    def _flush(self, lane: _Lane, force: bool = False) -> None:
+    def _flush(self, lane: _Lane, force: bool = False, wait: bool = False) -> None:
         """Hand finished copies to the settler a batch at a time: a flush on the target and
         a transaction in the index per batch, not per copy. A batch goes once the settler
         is free and it is full or its oldest result waited `RECORD_SECONDS` (at once,
-        `force`, when nothing else is in flight); while the settler works, it grows."""
-        self._settled_batch(lane, block=force)
+        `force`, when nothing else is in flight); while the settler works, it grows.
+        `wait` (winding down): for the settler to end its batch, then this one."""
+        self._settled_batch(lane, block=wait)
         results = lane.finished
         if not results or lane.settling is not None:
             return
@@ -371,8 +383,8 @@ class Replicator:
             return
         lane.finished = []
         lane.settling = lane.settler.submit(self._settle_and_record, lane, results)
-        lane.settling.add_done_callback(lane.done.put)  # wakes a loop waiting on copies
-        if force:
+        lane.settling.add_done_callback(self._arrived(lane))
+        if wait:
             self._settled_batch(lane, block=True)
 
     def _settle_and_record(self, lane: _Lane, results: list[Result]) -> list[Result]:

@@ -252,6 +252,48 @@ def test_two_replicators_share_the_work_without_copying_twice(
     assert replica_states(archive, "nfs") == {"verified": 24}
 
 
+def test_a_slow_target_never_holds_up_a_fast_one(
+    tmp_path: Path, index_url: str, monkeypatch: Any
+) -> None:
+    """Each target's copies wake the loop on their own: while every copy to a slow target
+    hangs, the fast target is brought fully up to date. The loop once waited on each
+    target's copies in turn, so a target whose copies took long stalled the others' claims;
+    with the wait made endless here, the fast target would never finish."""
+    import replicator.daemon as daemon_mod
+    from vna.targets.local import LocalTarget
+
+    monkeypatch.setattr(daemon_mod, "WAIT_SECONDS", 3600.0)
+    held = threading.Event()
+    real_put = LocalTarget.put
+
+    def put(self: LocalTarget, *args: Any) -> bool:
+        if self.name == "slow":
+            held.wait(120)
+        return real_put(self, *args)
+
+    monkeypatch.setattr(LocalTarget, "put", put)
+    targets = [
+        {"name": "slow", "url": f"file://{tmp_path}/slow", "concurrency": 2},
+        {"name": "fast", "url": f"file://{tmp_path}/fast", "concurrency": 2},
+    ]
+    archive = archive_with(tmp_path, index_url, targets, n=40, replicator={"batch_size": 4})
+    r = Replicator(archive.settings, archive.engine)
+    outcome: list[bool] = []
+    runner = threading.Thread(target=lambda: outcome.append(r.run(once=True)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while replica_states(archive, "fast") != {"verified": 40}:
+            assert time.monotonic() < deadline, replica_states(archive, "fast")
+            time.sleep(0.05)
+        assert replica_states(archive, "slow").get("verified", 0) == 0
+    finally:
+        held.set()
+        runner.join(timeout=120)
+    assert outcome == [True]
+    assert replica_states(archive, "slow") == {"verified": 40}
+
+
 def test_edited_window_takes_effect_without_restart(tmp_path: Path) -> None:
     import replicator.daemon as daemon_mod
     from vna import settings as settings_mod

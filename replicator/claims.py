@@ -3,8 +3,10 @@
 Workers on several machines share one PostgreSQL index: a claim takes rows with
 `FOR UPDATE SKIP LOCKED` and leases them for `lease_seconds`, so two workers
 never take the same copy, and the copies of a worker that died are taken over
-once its lease ran out. On SQLite the claim runs in a write transaction (one
-writer at a time), which gives the same guarantee on one machine.
+once its lease ran out (at once by a worker started after it on the same
+machine, which can see its process is gone: `owners`). On SQLite the claim
+runs in a write transaction (one writer at a time), which gives the same
+guarantee on one machine.
 
 Claims and results are committed without waiting for the disk: a power cut may
 roll back the last of them, which only means a lease runs out again or a copy
@@ -33,6 +35,7 @@ from sqlalchemy import (
     update,
 )
 
+from replicator.owners import is_gone
 from vna.index import schema
 from vna.index.dialect import native_insert
 from vna.index.engine import write_transaction
@@ -267,6 +270,27 @@ def record(engine: Engine, worker: str, results: list[Result]) -> None:
         for stmt, params in batches.items():
             if params:
                 conn.execute(stmt, params)
+
+
+def expire_gone(engine: Engine, target: str) -> dict[str, int]:
+    """End the leases of the copies to `target` held by workers of this machine whose
+    process is gone: the next claim takes them over (as interrupted), now, not once the
+    lease ran out. Returns how many copies each such worker held."""
+    r = schema.replicas
+    holding = (r.c.target == target) & (r.c.state == "copying")
+    with engine.connect() as conn:  # the few copies in flight, by the work index
+        holders = conn.execute(select(r.c.claimed_by).where(holding).distinct()).scalars()
+        gone = [w for w in holders if w is not None and is_gone(w)]
+    if not gone:
+        return {}
+    ended = now() - dt.timedelta(seconds=1)
+    taken: dict[str, int] = {}
+    with write_transaction(engine, durable=False) as conn:
+        for worker in gone:
+            taken[worker] = conn.execute(
+                update(r).where(holding, r.c.claimed_by == worker).values(claimed_until=ended)
+            ).rowcount
+    return taken
 
 
 def release(engine: Engine, worker: str) -> None:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +29,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, exists, func, select
 
-from replicator.claims import Copy, Result, claim, record, release, renew
+from replicator.claims import Copy, Result, claim, expire_gone, record, release, renew
 from replicator.copier import copy_one
 from replicator.feed import FEED_BATCH, feed
+from replicator.owners import worker_name
 from replicator.presence import Presence
 from replicator.throttle import Throttle
 from vna.cron import CronWindow
@@ -103,7 +102,7 @@ class Replicator:
         self._reloaded_at = time.monotonic()
         self.engine = engine
         self.layout = Layout(settings.archive.root, settings.archive.fsync)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.worker = worker_name()
         self.stop_event = threading.Event()
         # Set by every finished copy or settled batch of any lane, and by stop(): the loop
         # waits on this, so a slow target's copies never hold up a fast one's next claim.
@@ -136,6 +135,7 @@ class Replicator:
         """Replicate; with `once`, return True if every target is fully verified."""
         cfg = self.settings.replicator
         try:
+            self._take_over_gone()
             self._track_backlog(ignore_window)
             while not self.stop_event.is_set():
                 self._maybe_reload()
@@ -172,6 +172,18 @@ class Replicator:
             self._flush(lane, force=True, wait=True)
         finally:
             lane.settler.shutdown(wait=True)
+
+    def _take_over_gone(self) -> None:
+        """Copies claimed by a replicator of this machine that was killed are taken over now;
+        a restart after a crash would otherwise wait for their leases to run out."""
+        for name in self.lanes:
+            for worker, count in expire_gone(self.engine, name).items():
+                logger.warning(
+                    "target %s: taking over %d copies from %s, which is no longer running",
+                    name,
+                    count,
+                    worker,
+                )
 
     def _track_backlog(self, ignore_window: bool) -> None:
         """Count what is left to copy where copying may happen now, and follow it if large."""

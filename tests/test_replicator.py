@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import time
 from pathlib import Path
@@ -292,6 +293,86 @@ def test_a_slow_target_never_holds_up_a_fast_one(
         runner.join(timeout=120)
     assert outcome == [True]
     assert replica_states(archive, "slow") == {"verified": 40}
+
+
+def test_copies_of_a_killed_replicator_are_taken_over_at_once(
+    tmp_path: Path, index_url: str
+) -> None:
+    """A replicator killed mid-run leaves its copies claimed for a whole lease (five minutes
+    by default). One started after it on the same machine sees that process is gone and
+    takes them over at once; claims of a live process, or of another machine, stay theirs."""
+    import subprocess
+    import sys
+
+    from replicator.claims import expire_gone
+    from replicator.feed import feed
+    from replicator.owners import worker_name
+
+    archive = archive_with(
+        tmp_path, index_url, [{"name": "nfs", "url": f"file://{tmp_path}/replica"}], n=8
+    )
+    feed(archive.engine, "nfs")  # the copies queued, none made yet
+    place = worker_name().partition(":")[0]
+    gone_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone_pid.wait()
+    holders = {
+        "gone": f"{place}:{gone_pid.pid}:1",
+        "alive": f"{place}:{os.getpid()}:1",
+        "elsewhere": f"other-host@0.0:{gone_pid.pid}:1",
+    }
+    r = schema.replicas
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    with archive.engine.begin() as conn:
+        ids = conn.execute(select(r.c.id).order_by(r.c.id)).scalars().all()
+        for holder, chunk in zip(holders.values(), (ids[:4], ids[4:6], ids[6:]), strict=True):
+            conn.execute(
+                r.update()
+                .where(r.c.id.in_(chunk))
+                .values(state="copying", claimed_by=holder, claimed_until=until)
+            )
+
+    def claims() -> dict[str, tuple[int, bool]]:
+        """Copies per holder, and whether their lease is still running."""
+        moment = dt.datetime.now(dt.UTC)
+        with archive.engine.connect() as conn:
+            rows = conn.execute(
+                select(r.c.claimed_by, r.c.claimed_until).where(r.c.state == "copying")
+            )
+            held: dict[str, tuple[int, bool]] = {}
+            for holder, lease in rows:
+                count, _ = held.get(holder, (0, True))
+                running = lease.replace(tzinfo=lease.tzinfo or dt.UTC) > moment
+                held[holder] = (count + 1, running)
+        return held
+
+    assert expire_gone(archive.engine, "nfs") == {holders["gone"]: 4}
+    assert claims() == {
+        holders["gone"]: (4, False),
+        holders["alive"]: (2, True),
+        holders["elsewhere"]: (2, True),
+    }
+
+    # The live and the remote workers gave theirs back; the gone one's are still claimed.
+    with archive.engine.begin() as conn:
+        conn.execute(
+            r.update()
+            .where(r.c.claimed_by != holders["gone"])
+            .values(state="pending", claimed_by=None, claimed_until=None)
+        )
+        conn.execute(
+            r.update().where(r.c.claimed_by == holders["gone"]).values(claimed_until=until)
+        )
+    rep = Replicator(archive.settings, archive.engine)
+    outcome: list[bool] = []
+    runner = threading.Thread(target=lambda: outcome.append(rep.run(once=True)))
+    runner.start()
+    runner.join(timeout=60)
+    if runner.is_alive():  # waiting for the hour-long lease
+        rep.stop()
+        runner.join()
+    assert outcome == [True]
+    assert replica_states(archive, "nfs") == {"verified": 8}
+    assert rep.lanes["nfs"].uploaded == 8
 
 
 def test_edited_window_takes_effect_without_restart(tmp_path: Path) -> None:

@@ -1,12 +1,19 @@
 """Making one copy: check tier 0, skip what the target already holds, upload, verify.
 
-Nothing counts as replicated before it was verified (DESIGN.md, invariant 4):
-by reading the object back and hashing it (`verify = "read-back"`), or from the
-size and the digest kept in the object's metadata (`verify = "metadata"`,
-where the backend keeps metadata; else read-back). Verifying by metadata needs
-no request more when the put's own answer proved the copy (the store's MD5 of
-what it kept, sent with the digest in one request; see `Target.put`). Tier 0
-is only ever read.
+Nothing counts as replicated before it was verified (DESIGN.md, invariant 4).
+Tier 0's bytes are checked against the index as they are read; then, with
+`verify = "metadata"` (the default), the put's own answer proves the upload
+(the store's MD5 of what it kept equals the MD5 of those bytes, or the file
+system took every byte; see `Target.put`), and an upload whose answer proves
+nothing (a multipart upload, a store that reports no MD5) is read back and
+hashed. With `verify = "read-back"` every upload is read back: it costs a
+download per copy, egress on cloud storage. A copy found already on the target
+is checked by its size and the digest kept in its metadata (`metadata`, where
+the backend keeps metadata) only if it was never tried: a listing named it (an
+index restored from a backup meets the whole archive there, not to be
+downloaded again). One tried before (failed, taken over from a dead worker,
+or found wrong by reconciliation, whose metadata may well be right while the
+bytes are not) is read back. Tier 0 is only ever read.
 
 A copy is looked for on the target first only where it may already be there:
 tried before, taken over from a worker that died, or named in its folder's
@@ -58,7 +65,7 @@ def _copy(
     existing = target.stat(job.path) if look else None
     if existing is not None and existing.size == job.size and existing.digest in (job.digest, None):
         try:
-            _verify(target, job, verify)
+            _verify(target, job, "read-back" if job.tried or job.interrupted else verify)
             target.confirm(job.path)
             return False  # already there and proven: nothing uploaded
         except VerificationFailed:
@@ -66,7 +73,7 @@ def _copy(
     proven = _upload(target, local, job, throttle)
     if not (proven and verify == "metadata"):
         try:
-            _verify(target, job, verify)
+            _verify(target, job, "read-back")  # size and metadata alone prove no upload
         except BaseException:
             target.discard_partial(job.path)  # a copy not verified is never named later
             raise

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from replicator.daemon import Replicator
@@ -129,11 +130,16 @@ def test_object_already_on_target_is_verified_not_uploaded(tmp_path: Path, index
     assert complete and r.lanes["nfs"].uploaded == 0 and r.lanes["nfs"].copied == 8
 
 
+@pytest.mark.parametrize("verify", ["metadata", "read-back"])
 def test_removed_or_corrupted_replica_is_mended_by_reconciliation(
-    tmp_path: Path, index_url: str
+    tmp_path: Path, index_url: str, verify: str
 ) -> None:
+    """The corrupted copy keeps its metadata (the right digest, in an xattr): the copy queued
+    again must not be taken for verified by that metadata, but replaced."""
     archive = archive_with(
-        tmp_path, index_url, [{"name": "nfs", "url": f"file://{tmp_path}/replica"}]
+        tmp_path,
+        index_url,
+        [{"name": "nfs", "url": f"file://{tmp_path}/replica", "verify": verify}],
     )
     replicate(archive)
     replica = sorted((tmp_path / "replica" / "studies").rglob("*.dcm"))
@@ -421,6 +427,43 @@ def test_new_copies_to_an_object_store_cost_one_put_each(tmp_path: Path, azurite
         assert_target_matches_index(archive, "cloud")
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("verify", ["metadata", "read-back"])
+def test_an_upload_is_read_back_unless_the_stores_answer_proves_it(
+    tmp_path: Path, monkeypatch: Any, verify: str
+) -> None:
+    """By default the put's answer proves an upload; where a store's answer proves nothing
+    (no MD5 reported, a multipart upload), the copy is read back and hashed before it
+    counts. `read-back` reads back every upload."""
+    from vna.targets.local import LocalTarget
+
+    real_put, real_open = LocalTarget.put, LocalTarget.open
+    opened: list[str] = []
+    proves = {"0": True, "1": False}  # the first series' puts prove the copy, the second's not
+
+    def put(self: LocalTarget, relpath: str, *args: Any) -> bool:
+        return real_put(self, relpath, *args) and proves[series_of[relpath]]
+
+    def open_(self: LocalTarget, relpath: str) -> Any:
+        opened.append(relpath)
+        return real_open(self, relpath)
+
+    monkeypatch.setattr(LocalTarget, "put", put)
+    monkeypatch.setattr(LocalTarget, "open", open_)
+    target = {"name": "nfs", "url": f"file://{tmp_path}/replica", "verify": verify}
+    archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target])
+    with archive.engine.connect() as conn:
+        paths = conn.execute(select(schema.instances.c.path)).scalars().all()
+    first = min(p.split("/")[3] for p in paths)  # studies/S/series/<series>/instances/I.dcm
+    series_of = {p: "0" if p.split("/")[3] == first else "1" for p in paths}
+
+    complete, r = replicate(archive)
+
+    assert complete and r.lanes["nfs"].uploaded == 8
+    unproven = sorted(p for p, s in series_of.items() if s == "1")
+    assert sorted(opened) == (sorted(series_of) if verify == "read-back" else unproven)
+    assert_target_matches_index(archive, "nfs")
 
 
 def test_restored_index_finds_what_every_target_holds(

@@ -414,8 +414,7 @@ def test_new_copies_to_an_object_store_cost_one_put_each(tmp_path: Path, azurite
             "name": "cloud",
             "url": url,
             "storage_options": {"connection_string": endpoint},
-            "verify": "metadata",
-        }
+        }  # the default verification
         archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target])
 
         complete, r = replicate(archive)

@@ -271,8 +271,8 @@ def test_a_flush_names_only_its_own_batch_and_a_failed_one_names_nothing(
 def test_a_flush_failing_once_under_load_loses_nothing_and_reads_back_every_copy(
     tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """The default verification (read-back) runs while earlier batches are flushed and
-    named; one flush fails. Every copy recorded as verified is on the target, named, with
+    """Read-back verification runs while earlier batches are flushed and named; one flush
+    fails. Every copy recorded as verified is on the target, named, with
     the right bytes, and none is skipped for being momentarily out of sight."""
     import vna.targets.local
     from tests.test_replicator import archive_with
@@ -281,7 +281,15 @@ def test_a_flush_failing_once_under_load_loses_nothing_and_reads_back_every_copy
         tmp_path,
         f"sqlite:///{tmp_path}/index.db",
         # Copies trickle in (a bandwidth cap), so they finish over many batches.
-        [{"name": "disk", "url": f"file://{tmp_path}/r", "concurrency": 4, "bandwidth": "40KB/s"}],
+        [
+            {
+                "name": "disk",
+                "url": f"file://{tmp_path}/r",
+                "concurrency": 4,
+                "bandwidth": "40KB/s",
+                "verify": "read-back",
+            }
+        ],
         n=40,
     )
     real_syncfs = vna.targets.local.syncfs

@@ -134,7 +134,9 @@ class TargetSettings:
         "", "Cron expression of when copying may run, e.g. '* 20-6 * * *'; empty for always."
     )
     verify: VerifyMode = _key(
-        "read-back", "read-back (hash what the target returns) or metadata (size and digest)."
+        "metadata",
+        "metadata: the store's answer to each upload proves it (its MD5 of what it kept), "
+        "else it is read back; read-back: every upload is read back and hashed.",
     )
     delete: bool = _key(False, "Propagate deletions and remove extra objects on reconciliation.")
     reconcile: str = _key(

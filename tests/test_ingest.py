@@ -291,20 +291,37 @@ def test_missing_sop_instance_uid_is_quarantined(archive: Archive) -> None:
     assert "SeriesInstanceUID" in (outcome.detail or "")
 
 
-def test_file_still_being_written_is_not_taken(tmp_path: Path, index_url: str) -> None:
+def test_a_file_is_taken_once_seen_unchanged_for_the_settle_time(
+    tmp_path: Path, index_url: str
+) -> None:
+    """The settle rule counts by the daemon's own clock, never by how old the file's mtime
+    looks: a share's server clock may run behind (a file being written looks old at once)
+    or ahead (a finished file would wait until the clocks meet)."""
     archive = make_archive(tmp_path, index_url, settle_seconds=30)
-    generate(archive.drop(), SampleSpec(instances=2, rows=16, columns=16))
-    _fresh, old = sorted(p for p in archive.drop().rglob("*") if p.is_file())
-    past = time.time() - 60
-    os.utime(old, (past, past))
+    generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16))
+    behind, ahead, steady = sorted(p for p in archive.drop().rglob("*") if p.is_file())
+    hour = 3600.0
+    os.utime(behind, (time.time() - hour, time.time() - hour))
+    os.utime(ahead, (time.time() + hour, time.time() + hour))
 
     from vna.ingest.daemon import IngestDaemon
 
     daemon = IngestDaemon(archive.settings, archive.engine)
+    clock = [1000.0]
+    daemon._clock = lambda: clock[0]
     daemon._rescan()
-    ready = [c.path for c in daemon._ready(10)]
+    assert daemon._ready(10) == []  # an hour-old mtime is no proof the writer is done
 
-    assert ready == [str(old)]
+    clock[0] += 20
+    with behind.open("ab") as fh:  # still being written, mtime set by a clock an hour behind
+        fh.write(b"\0" * 16)
+    os.utime(behind, (time.time() - hour, time.time() - hour))
+    daemon._rescan()
+    clock[0] += 15
+    assert sorted(c.path for c in daemon._ready(10)) == sorted(map(str, (ahead, steady)))
+
+    clock[0] += 15  # 30 s since it last changed
+    assert str(behind) in [c.path for c in daemon._ready(10)]
 
 
 def test_ignored_names_are_left_alone(archive: Archive) -> None:

@@ -27,7 +27,7 @@ from vna.errors import TargetUnavailable
 from vna.ingest.coerce import Rules
 from vna.ingest.commit import Committer, Outcome, received_now
 from vna.ingest.prepare import Job, Prepared, Rejected, Result, Skipped, init_worker, prepare
-from vna.ingest.scan import Candidate, ignored, is_settled, scan
+from vna.ingest.scan import Candidate, ignored, scan
 from vna.ingest.watch import Watchers
 from vna.layout import Layout
 from vna.quarantine import QuarantineStore, Reason
@@ -80,6 +80,7 @@ class IngestDaemon:
         self._pool: ProcessPoolExecutor | None = None
         self._submitted = 0
         self._more_on_disk = False  # the last rescan stopped at max_pending
+        self._clock = time.monotonic  # what the settle rule counts in
 
     # -- the loop ---------------------------------------------------------
 
@@ -163,11 +164,14 @@ class IngestDaemon:
         return self._more_on_disk and len(self.pending) <= self.settings.ingest.max_pending // 2
 
     def _add(self, cand: Candidate) -> None:
+        """A file found by a scan or an event: known (its settle clock restarted if it
+        changed), or new (its settle clock started now)."""
         known = self.pending.get(cand.path)
         if known is None:
+            cand.seen_at = self._clock()
             self.pending[cand.path] = cand
-        elif known.mtime != cand.mtime:
-            known.mtime = cand.mtime
+        elif (known.size, known.mtime) != (cand.size, cand.mtime):
+            known.size, known.mtime, known.seen_at = cand.size, cand.mtime, self._clock()
 
     def _drain_hints(self, hints: queue.SimpleQueue[tuple[str, str, bool]]) -> None:
         seen = 0
@@ -193,15 +197,17 @@ class IngestDaemon:
                 st = os.stat(path)
             except OSError:
                 continue
-            self._add(Candidate(source, path, rel.replace(os.sep, "/"), st.st_mtime))
+            self._add(Candidate(source, path, rel.replace(os.sep, "/"), st.st_mtime, st.st_size))
 
     def _idle(self, watchers: Watchers | None) -> None:
-        """Sleep until a file could have settled or an event arrives."""
+        """Sleep until a file could have settled (or its back-off ended) or an event arrives."""
         settle = self.settings.ingest.settle_seconds
         wait_for = 1.0
         if self.pending:
-            now = time.time()
-            soonest = min(c.mtime + settle - now for c in self.pending.values())
+            now = self._clock()
+            soonest = min(
+                max(c.seen_at + settle, c.not_before) - now for c in self.pending.values()
+            )
             wait_for = max(0.05, min(wait_for, soonest))
         if watchers is None:
             self.stop_event.wait(wait_for)
@@ -220,11 +226,11 @@ class IngestDaemon:
     def _ready(self, limit: int) -> list[Candidate]:
         settle = self.settings.ingest.settle_seconds
         busy = self.busy
-        now, mono = time.time(), time.monotonic()
+        now = self._clock()
         ready = [
             c
             for c in self.pending.values()
-            if c.path not in busy and c.not_before <= mono and is_settled(c.mtime, settle, now)
+            if c.path not in busy and c.not_before <= now and c.settled(settle, now)
         ]
         ready.sort(key=lambda c: c.mtime)
         chosen: list[Candidate] = []
@@ -233,13 +239,13 @@ class IngestDaemon:
                 break
             # Events may be older than the last write: look again before taking it.
             try:
-                c.mtime = os.stat(c.path).st_mtime
+                st = os.stat(c.path)
             except FileNotFoundError:
                 self.pending.pop(c.path, None)
                 continue
             except OSError:
                 continue
-            if is_settled(c.mtime, settle, now):
+            if not c.changed(st, now) or c.settled(settle, now):
                 chosen.append(c)
         return chosen
 
@@ -343,7 +349,7 @@ class IngestDaemon:
     def _defer(self, path: str) -> None:
         cand = self.pending.get(path)
         if cand is not None:
-            cand.not_before = time.monotonic() + DEFER_SECONDS
+            cand.not_before = self._clock() + DEFER_SECONDS
 
     def _start_pool(self) -> None:
         workers = self.settings.ingest.workers

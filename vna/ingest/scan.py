@@ -2,16 +2,19 @@
 
 A scan at start-up and a periodic rescan make sure nothing dropped while the
 daemon was down, or missed by file-system events (NFS and SMB shares raise
-none), is left behind. A file is taken only once its modification time is at
-least `settle_seconds` old, so a file still being written is never taken; the
-worker checks again that size and mtime did not change while it read.
+none), is left behind. A file is taken only once the daemon has seen its size
+and modification time unchanged for `settle_seconds`, by its own clock, so a
+file still being written is never taken; the worker checks again that size and
+mtime did not change while it read. The mtime alone is not judged against the
+clock: on a share whose server's clock runs behind, a file being written would
+look old at once, and one whose clock runs ahead would wait until the clocks
+meet.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +28,21 @@ class Candidate:
     path: str
     relpath: str
     mtime: float
+    size: int
+    seen_at: float = 0.0  # monotonic time (size, mtime) were first seen as they are now
     not_before: float = 0.0  # monotonic time before which it is not tried again
     attempts: int = 0
+
+    def changed(self, st: os.stat_result, now: float) -> bool:
+        """Take a new look at the file; True (and the settle clock restarted) if it changed."""
+        if (st.st_size, st.st_mtime) == (self.size, self.mtime):
+            return False
+        self.size, self.mtime, self.seen_at = st.st_size, st.st_mtime, now
+        return True
+
+    def settled(self, settle_seconds: float, now: float) -> bool:
+        """Seen unchanged for `settle_seconds` (of monotonic time `now`)."""
+        return now - self.seen_at >= settle_seconds
 
 
 def ignored(name: str, patterns: Sequence[str]) -> bool:
@@ -56,11 +72,6 @@ def scan(
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
                     rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
-                    yield Candidate(source, entry.path, rel, st.st_mtime)
+                    yield Candidate(source, entry.path, rel, st.st_mtime, st.st_size)
             except FileNotFoundError:
                 continue
-
-
-def is_settled(mtime: float, settle_seconds: float, now: float | None = None) -> bool:
-    """A file is settled once its mtime is at least `settle_seconds` in the past."""
-    return ((now if now is not None else time.time()) - mtime) >= settle_seconds

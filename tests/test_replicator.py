@@ -381,6 +381,29 @@ def test_copies_of_a_killed_replicator_are_taken_over_at_once(
     assert rep.lanes["nfs"].uploaded == 8
 
 
+def test_the_backlog_counts_open_copies_and_changes_not_yet_fed(
+    tmp_path: Path, index_url: str
+) -> None:
+    """The count the daemon follows a large backlog by, taken from two index ranges, agrees
+    with the exact count over every instance (`unverified`) as work is fed and done."""
+    from replicator.daemon import backlog, unverified
+    from replicator.feed import feed
+
+    archive = archive_with(
+        tmp_path, index_url, [{"name": "nfs", "url": f"file://{tmp_path}/replica"}], n=8
+    )
+    counts = [(backlog(archive.engine, "nfs"), unverified(archive.engine, "nfs"))]
+    feed(archive.engine, "nfs")
+    counts.append((backlog(archive.engine, "nfs"), unverified(archive.engine, "nfs")))
+    replicate(archive)
+    counts.append((backlog(archive.engine, "nfs"), unverified(archive.engine, "nfs")))
+    generate(archive.drop(), SampleSpec(instances=4, per_series=4, rows=32, columns=32, seed=7))
+    archive.ingest()
+    counts.append((backlog(archive.engine, "nfs"), unverified(archive.engine, "nfs")))
+
+    assert counts == [(8, 8), (8, 8), (0, 0), (4, 4)]
+
+
 def test_edited_window_takes_effect_without_restart(tmp_path: Path) -> None:
     import replicator.daemon as daemon_mod
     from vna import settings as settings_mod

@@ -9,13 +9,15 @@ events in between.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -72,6 +74,12 @@ class IngestDaemon:
         self.sources = {s.name: s for s in settings.sources}
         self.rules = {s.name: rules_for(s) for s in settings.sources}
         self.pending: dict[str, Candidate] = {}
+        # When each pending file is next due (settled, its back-off over), soonest first:
+        # (due, mtime, n, path). Taking the files due is then the work of those files, not
+        # of every file pending (up to max_pending, on every turn of the loop). An entry
+        # left behind by a file that changed, was deferred or is busy is dropped on sight.
+        self._due: list[tuple[float, float, int, str]] = []
+        self._entries = itertools.count()
         self.in_flight: dict[Future[list[Result]], list[Job]] = {}
         self.busy: set[str] = set()  # submitted, and not yet committed
         self.counts: Counter[str] = Counter()
@@ -149,12 +157,13 @@ class IngestDaemon:
     def _rescan(self) -> None:
         limit = self.settings.ingest.max_pending
         self._more_on_disk = False
+        now = self._clock()  # one time for the scan: its files are then taken oldest first
         for src in self.settings.sources:
             for cand in scan(src.name, src.drop, self.settings.ingest.ignore):
                 if len(self.pending) >= limit:
                     self._more_on_disk = True
                     return
-                self._add(cand)
+                self._add(cand, now)
 
     def _backlog_waits(self) -> bool:
         """A rescan stopped at `max_pending` and half of what it took is done: scan again
@@ -163,15 +172,24 @@ class IngestDaemon:
         would otherwise be taken `max_pending` files per `rescan_seconds`."""
         return self._more_on_disk and len(self.pending) <= self.settings.ingest.max_pending // 2
 
-    def _add(self, cand: Candidate) -> None:
+    def _add(self, cand: Candidate, now: float | None = None) -> None:
         """A file found by a scan or an event: known (its settle clock restarted if it
         changed), or new (its settle clock started now)."""
         known = self.pending.get(cand.path)
+        seen = self._clock() if now is None else now
         if known is None:
-            cand.seen_at = self._clock()
+            cand.seen_at = seen
             self.pending[cand.path] = cand
+            self._schedule(cand)
         elif (known.size, known.mtime) != (cand.size, cand.mtime):
-            known.size, known.mtime, known.seen_at = cand.size, cand.mtime, self._clock()
+            known.size, known.mtime, known.seen_at = cand.size, cand.mtime, seen
+            self._schedule(known)
+
+    def _due_at(self, cand: Candidate) -> float:
+        return max(cand.seen_at + self.settings.ingest.settle_seconds, cand.not_before)
+
+    def _schedule(self, cand: Candidate) -> None:
+        heapq.heappush(self._due, (self._due_at(cand), cand.mtime, next(self._entries), cand.path))
 
     def _drain_hints(self, hints: queue.SimpleQueue[tuple[str, str, bool]]) -> None:
         seen = 0
@@ -201,14 +219,9 @@ class IngestDaemon:
 
     def _idle(self, watchers: Watchers | None) -> None:
         """Sleep until a file could have settled (or its back-off ended) or an event arrives."""
-        settle = self.settings.ingest.settle_seconds
         wait_for = 1.0
-        if self.pending:
-            now = self._clock()
-            soonest = min(
-                max(c.seen_at + settle, c.not_before) - now for c in self.pending.values()
-            )
-            wait_for = max(0.05, min(wait_for, soonest))
+        if self._due:  # the first entry may be stale: at worst the loop looks once too early
+            wait_for = max(0.05, min(wait_for, self._due[0][0] - self._clock()))
         if watchers is None:
             self.stop_event.wait(wait_for)
             return
@@ -224,19 +237,17 @@ class IngestDaemon:
     # -- work -------------------------------------------------------------
 
     def _ready(self, limit: int) -> list[Candidate]:
+        """Up to `limit` files due now, to be submitted: each leaves the due queue, and is
+        scheduled again if it comes back from the workers still pending."""
         settle = self.settings.ingest.settle_seconds
-        busy = self.busy
         now = self._clock()
-        ready = [
-            c
-            for c in self.pending.values()
-            if c.path not in busy and c.not_before <= now and c.settled(settle, now)
-        ]
-        ready.sort(key=lambda c: c.mtime)
         chosen: list[Candidate] = []
-        for c in ready:
-            if len(chosen) >= limit:
-                break
+        taken: set[str] = set()
+        while self._due and len(chosen) < limit and self._due[0][0] <= now:
+            due, _, _, path = heapq.heappop(self._due)
+            c = self.pending.get(path)
+            if c is None or path in self.busy or path in taken or due != self._due_at(c):
+                continue  # done, under way, or an entry from before it changed
             # Events may be older than the last write: look again before taking it.
             try:
                 st = os.stat(c.path)
@@ -244,9 +255,13 @@ class IngestDaemon:
                 self.pending.pop(c.path, None)
                 continue
             except OSError:
+                self._defer(c.path)
                 continue
-            if not c.changed(st, now) or c.settled(settle, now):
-                chosen.append(c)
+            if c.changed(st, now) and not c.settled(settle, now):
+                self._schedule(c)
+                continue
+            chosen.append(c)
+            taken.add(path)
         return chosen
 
     def _submit(self) -> None:
@@ -334,7 +349,7 @@ class IngestDaemon:
         try:
             outcomes = self.committer.commit(results)
         finally:
-            self.busy.difference_update(r.job.path for r in results)
+            self._release(r.job.path for r in results)
         for outcome in outcomes:
             self.counts[outcome.outcome] += 1
             if outcome.outcome == "deferred":
@@ -350,6 +365,16 @@ class IngestDaemon:
         cand = self.pending.get(path)
         if cand is not None:
             cand.not_before = self._clock() + DEFER_SECONDS
+            self._schedule(cand)
+
+    def _release(self, paths: Iterable[str]) -> None:
+        """Files back from the workers: those still pending (not decided, deferred) are due
+        again when their schedule says; the rest are done."""
+        for path in paths:
+            self.busy.discard(path)
+            cand = self.pending.get(path)
+            if cand is not None:
+                self._schedule(cand)
 
     def _start_pool(self) -> None:
         workers = self.settings.ingest.workers

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -322,6 +323,33 @@ def test_a_file_is_taken_once_seen_unchanged_for_the_settle_time(
 
     clock[0] += 15  # 30 s since it last changed
     assert str(behind) in [c.path for c in daemon._ready(10)]
+
+
+def test_a_slow_scan_counts_its_files_as_seen_when_it_ends(
+    tmp_path: Path, index_url: str, monkeypatch: Any
+) -> None:
+    """A scan of a large share can take longer than the settle time: a file it found early
+    is not due the moment the scan ends, when nobody has looked at it since."""
+    import vna.ingest.daemon as daemon_mod
+    from vna.ingest.daemon import IngestDaemon
+
+    archive = make_archive(tmp_path, index_url, settle_seconds=5)
+    generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16))
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    clock = [1000.0]
+    daemon._clock = lambda: clock[0]
+    real_scan = daemon_mod.scan
+
+    def slow_scan(*args: Any, **kw: Any) -> Any:
+        for cand in real_scan(*args, **kw):
+            clock[0] += 10  # each file takes a while to reach over the share
+            yield cand
+
+    monkeypatch.setattr(daemon_mod, "scan", slow_scan)
+    daemon._rescan()
+    assert daemon._ready(10) == []
+    clock[0] += 5
+    assert len(daemon._ready(10)) == 3
 
 
 def test_ignored_names_are_left_alone(archive: Archive) -> None:

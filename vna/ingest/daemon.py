@@ -155,15 +155,27 @@ class IngestDaemon:
     # -- candidates -------------------------------------------------------
 
     def _rescan(self) -> None:
+        """Every drop folder, up to `max_pending` files. What the scan found counts as seen
+        when it ended (a long scan of a share takes longer than the settle time: a file seen
+        early must not be due by the time the scan is done), all at one time, so the
+        files are taken oldest first."""
         limit = self.settings.ingest.max_pending
         self._more_on_disk = False
-        now = self._clock()  # one time for the scan: its files are then taken oldest first
+        found: list[Candidate] = []
+        new = 0
         for src in self.settings.sources:
             for cand in scan(src.name, src.drop, self.settings.ingest.ignore):
-                if len(self.pending) >= limit:
-                    self._more_on_disk = True
-                    return
-                self._add(cand, now)
+                if cand.path not in self.pending:
+                    if len(self.pending) + new >= limit:
+                        self._more_on_disk = True
+                        break
+                    new += 1
+                found.append(cand)
+            if self._more_on_disk:
+                break
+        now = self._clock()
+        for cand in found:
+            self._add(cand, now)
 
     def _backlog_waits(self) -> bool:
         """A rescan stopped at `max_pending` and half of what it took is done: scan again

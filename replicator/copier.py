@@ -104,7 +104,13 @@ def _upload(target: Target, local: Path, job: Copy, throttle: Throttle) -> bool:
             if digest.of_stream(fh) != job.digest:
                 raise TargetError(f"tier 0 copy of {job.path} does not match its digest", Kind.SKIP)
             fh.seek(0)
-            return target.put(job.path, local, job.digest, job.size, ThrottledReader(fh, throttle))
+            # Read a second time to be sent: the store's answer proves what it took, and
+            # what it took is proven to be the archived bytes only by hashing it on the way.
+            sent = digest.HashingReader(fh)
+            proven = target.put(
+                job.path, local, job.digest, job.size, ThrottledReader(sent, throttle)
+            )
+            return proven and sent.count == job.size and sent.hexdigest() == job.digest
     finally:
         os.close(fd)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import BinaryIO
+
+from vna.targets.target import Readable
 
 
 class Throttle:
@@ -33,7 +34,7 @@ class Throttle:
 class ThrottledReader:
     """A file-like reader that pays the throttle for every byte it hands out."""
 
-    def __init__(self, raw: BinaryIO, throttle: Throttle) -> None:
+    def __init__(self, raw: Readable, throttle: Throttle) -> None:
         self.raw = raw
         self.throttle = throttle
 

@@ -488,6 +488,38 @@ def test_an_upload_is_read_back_unless_the_stores_answer_proves_it(
     assert_target_matches_index(archive, "nfs")
 
 
+def test_a_large_copy_counts_only_if_the_bytes_sent_were_the_archived_ones(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A file too large for one put is read twice: once to check it against the index, once
+    to send it. If the bytes change in between (they rot on the disk), the store's answer
+    (here: every byte written) proves only that it took what it was sent; hashed on the way,
+    the copy is not proven, is read back, and fails instead of counting as verified."""
+    import replicator.copier
+    import vna.digest
+
+    monkeypatch.setattr(replicator.copier, "SINGLE_PUT_MAX", 1024)
+    target = {"name": "nfs", "url": f"file://{tmp_path}/r", "concurrency": 1}
+    archive = archive_with(tmp_path, f"sqlite:///{tmp_path}/index.db", [target])
+    real_of_stream = vna.digest.of_stream
+    rotted: list[int] = []
+
+    def checked_then_rots(fh: Any) -> str:
+        checked = real_of_stream(fh)
+        if not rotted:  # the first file checked rots right after its check
+            with open(f"/proc/self/fd/{fh.fileno()}", "r+b") as same:
+                same.seek(2000)
+                rotted.append(same.write(b"\xff\xfe"))
+        return checked
+
+    monkeypatch.setattr(vna.digest, "of_stream", checked_then_rots)
+    complete, r = replicate(archive, max_attempts=1)
+
+    assert rotted == [2] and not complete
+    assert r.lanes["nfs"].copied == 7 and r.lanes["nfs"].failed == 1
+    assert replica_states(archive, "nfs") == {"verified": 7, "failed": 1}
+
+
 def test_restored_index_finds_what_every_target_holds(
     tmp_path: Path, target_config: dict[str, Any]
 ) -> None:

@@ -32,6 +32,25 @@ def of_stream(fh: BinaryIO) -> str:
     return h.hexdigest()
 
 
+class HashingReader:
+    """A reader that hashes what it hands out: the digest of the bytes another party
+    actually took (an upload), not of an earlier read of the same file."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self._hash = xxhash.xxh3_128()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self._hash.update(data)
+        self.count += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 def of_file(path: Path) -> str:
     """Digest of a whole file."""
     with path.open("rb") as fh:

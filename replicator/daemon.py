@@ -6,15 +6,15 @@ the CPU), record how each ended. A target that is down or throttling is backed
 off from per copy, with jitter; its backlog stays in the index, so nothing is
 lost or counted twice, and a restart resumes where the last run stopped.
 
-Progress: a run counts the instances not yet verified on its targets when it
+Progress: a run counts the copies still to be made to its targets when it
 starts, and reports copies verified against that count (a bar for a person
 waiting on `vna replicate --once` at a terminal, else log lines every
 `PROGRESS_SECONDS`). The continuous daemon reports only a backlog above
 `LARGE_BACKLOG`, where per-copy lines no longer tell when it will be done; it
 counts again once that many copies were claimed, never per poll, so an idle
 archive still costs one indexed query per target per poll. The count (`backlog`)
-reads the target's open copies and the changes not yet fed, two index ranges,
-so it costs the same at any archive size: it runs on the loop's thread.
+reads the target's open copies and the changes not yet fed, index ranges as
+long as the work itself, so it runs on the loop's thread at any archive size.
 """
 
 from __future__ import annotations
@@ -519,10 +519,12 @@ def _any_copy(conn: Connection, target: str, states: tuple[str, ...]) -> bool:
 
 def backlog(engine: Engine, target: str) -> int:
     """Copies to `target` still to be made: its open copies, and the changes not yet turned
-    into copies (each counted; an instance changed twice before it was fed counts twice).
+    into copies (each counted: an instance changed twice, or deleted, before it was fed
+    counts as it was). A target never fed has every instance to copy: counted as such,
+    not as every change the archive ever had.
 
-    Two index ranges, whatever the size of the archive: at a million instances on SQLite
-    `unverified` took 1.4 s, this a millisecond.
+    Index ranges as long as the work: at a million instances on SQLite `unverified` took
+    1.4 s, this 2 ms with 20,000 copies open.
     """
     r, cursors, ch = schema.replicas, schema.replication_cursors, schema.changes
     with engine.connect() as conn:
@@ -534,11 +536,14 @@ def backlog(engine: Engine, target: str) -> int:
         cursor = conn.execute(
             select(cursors.c.seq).where(cursors.c.target == target)
         ).scalar_one_or_none()
-        unfed = conn.execute(
-            select(func.count()).where(
-                ch.c.seq > (cursor or 0), ch.c.kind.in_(("created", "replaced"))
-            )
-        ).scalar_one()
+        if not cursor:
+            unfed = conn.execute(select(func.count()).select_from(schema.instances)).scalar_one()
+        else:
+            unfed = conn.execute(
+                select(func.count()).where(
+                    ch.c.seq > cursor, ch.c.kind.in_(("created", "replaced"))
+                )
+            ).scalar_one()
     return int(open_copies) + int(unfed)
 
 

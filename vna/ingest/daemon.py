@@ -193,8 +193,7 @@ class IngestDaemon:
             cand.seen_at = seen
             self.pending[cand.path] = cand
             self._schedule(cand)
-        elif (known.size, known.mtime) != (cand.size, cand.mtime):
-            known.size, known.mtime, known.seen_at = cand.size, cand.mtime, seen
+        elif known.changed(cand.size, cand.mtime, seen):
             self._schedule(known)
 
     def _due_at(self, cand: Candidate) -> float:
@@ -251,7 +250,6 @@ class IngestDaemon:
     def _ready(self, limit: int) -> list[Candidate]:
         """Up to `limit` files due now, to be submitted: each leaves the due queue, and is
         scheduled again if it comes back from the workers still pending."""
-        settle = self.settings.ingest.settle_seconds
         now = self._clock()
         chosen: list[Candidate] = []
         taken: set[str] = set()
@@ -269,7 +267,7 @@ class IngestDaemon:
             except OSError:
                 self._defer(c.path)
                 continue
-            if c.changed(st, now) and not c.settled(settle, now):
+            if c.changed(st.st_size, st.st_mtime, now) and self._due_at(c) > now:
                 self._schedule(c)
                 continue
             chosen.append(c)

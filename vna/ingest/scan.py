@@ -33,16 +33,13 @@ class Candidate:
     not_before: float = 0.0  # monotonic time before which it is not tried again
     attempts: int = 0
 
-    def changed(self, st: os.stat_result, now: float) -> bool:
-        """Take a new look at the file; True (and the settle clock restarted) if it changed."""
-        if (st.st_size, st.st_mtime) == (self.size, self.mtime):
+    def changed(self, size: int, mtime: float, now: float) -> bool:
+        """A new look at the file; True (and its settle clock restarted at `now`) if it
+        changed."""
+        if (size, mtime) == (self.size, self.mtime):
             return False
-        self.size, self.mtime, self.seen_at = st.st_size, st.st_mtime, now
+        self.size, self.mtime, self.seen_at = size, mtime, now
         return True
-
-    def settled(self, settle_seconds: float, now: float) -> bool:
-        """Seen unchanged for `settle_seconds` (of monotonic time `now`)."""
-        return now - self.seen_at >= settle_seconds
 
 
 def ignored(name: str, patterns: Sequence[str]) -> bool:

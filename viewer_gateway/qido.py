@@ -1,10 +1,7 @@
 """QIDO-RS (PS3.18 10.6): search for studies, series and instances, in the index only.
 
-Matching follows PS3.4 C.2.2.2: single value (with `*` and `?` wildcards on
-strings), UID lists, date and time ranges, case-insensitive person names
-(folded with str.casefold, so `müller*` finds `Müller^Hans`), and, with
-`fuzzymatching=true`, person names matching at the start of any component.
-Never a file is opened to answer a search.
+Here the query parameters are read and the results rendered as DICOM JSON; how
+attributes match is in matching.py. Never a file is opened to answer a search.
 """
 
 from __future__ import annotations
@@ -14,23 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from sqlalchemy import (
-    ColumnElement,
-    Engine,
-    Select,
-    and_,
-    bindparam,
-    exists,
-    func,
-    or_,
-    select,
-)
+from sqlalchemy import Engine
 
+from viewer_gateway import matching
 from viewer_gateway.dicomjson import attribute, tag_hex, vr_of
+from viewer_gateway.matching import BadQuery
 from vna.attributes import BY_KEYWORD, Attribute, Level, Match
-from vna.errors import InvalidInput
-from vna.index import schema
-from vna.layout import check_uid
 
 CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
 UTF8 = "ISO_IR 192"
@@ -65,16 +51,7 @@ COMPUTED = {
     Level.SERIES: ("NumberOfSeriesRelatedInstances",),
     Level.INSTANCE: (),
 }
-TABLES = {
-    Level.PATIENT: schema.patients,
-    Level.STUDY: schema.studies,
-    Level.SERIES: schema.series,
-    Level.INSTANCE: schema.instances,
-}
-
-
-class BadQuery(InvalidInput):
-    reason = "bad-query"
+__all__ = ["BadQuery", "Query", "Scope", "parse", "search"]
 
 
 @dataclass
@@ -143,72 +120,6 @@ def _keyword(name: str) -> str:
     raise BadQuery(f"unknown query parameter {name!r}")
 
 
-def _condition(attr: Attribute, value: str, fuzzy: bool) -> ColumnElement[bool] | None:
-    col = TABLES[attr.level].c[attr.column]
-    if value in ("", "*"):
-        return None  # universal matching
-    if attr.match is Match.UID:
-        uids = [v for v in value.replace("\\", ",").split(",") if v]
-        for uid in uids:
-            check_uid(uid, attr.keyword)
-        return col.in_(uids)
-    if attr.match in (Match.DATE, Match.TIME):
-        return _range(col, value, attr)
-    if attr.match is Match.INTEGER:
-        try:
-            return col == int(value)
-        except ValueError:
-            raise BadQuery(f"{attr.keyword} must be a number, not {value!r}") from None
-    if attr.match is Match.PERSON_NAME:
-        folded = value.casefold()
-        target = (
-            schema.patients.c.patient_name_folded
-            if attr.keyword == "PatientName"
-            else func.lower(col)
-        )
-        if attr.keyword != "PatientName":
-            folded = value.lower()
-        cond = _like(target, folded)
-        if fuzzy:
-            pattern = _to_like(folded.rstrip("*")) + "%"
-            cond = or_(
-                cond, target.like(pattern, escape="\\"), target.like("%^" + pattern, escape="\\")
-            )
-        return cond
-    return _like(col, value)
-
-
-def _like(col: Any, value: str) -> ColumnElement[bool]:
-    if "*" in value or "?" in value:
-        return col.like(_to_like(value), escape="\\")  # type: ignore[no-any-return]
-    return col == value  # type: ignore[no-any-return]
-
-
-def _to_like(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
-
-
-def _range(col: Any, value: str, attr: Attribute) -> ColumnElement[bool]:
-    allowed = set("0123456789.:") | ({"-"} if "-" in value else set())
-    if not set(value) <= allowed or value.count("-") > 1:
-        raise BadQuery(f"{attr.keyword}: {value!r} is not a {attr.match.value} or range")
-    if "-" not in value:
-        return col == value  # type: ignore[no-any-return]
-    low, high = value.split("-")
-    if attr.match is Match.TIME:
-        low, high = low.replace(":", ""), high.replace(":", "")
-    conds = []
-    if low:
-        conds.append(col >= low)
-    if high:
-        # A time range end of "1015" includes 101530.5; compare on the prefix length.
-        conds.append(
-            func.substr(col, 1, len(high)) <= high if attr.match is Match.TIME else col <= high
-        )
-    return and_(*conds)
-
-
 @dataclass(frozen=True)
 class Scope:
     """Path parameters of the nested routes (/studies/{s}/series, .../series/{se}/instances)."""
@@ -219,98 +130,17 @@ class Scope:
 
 def search(engine: Engine, q: Query, scope: Scope, base_url: str) -> list[dict[str, Any]]:
     """Run a parsed query; return DICOM JSON objects."""
-    p, st, se, i = schema.patients, schema.studies, schema.series, schema.instances
-    conds: list[ColumnElement[bool]] = []
-    for attr, value in q.filters:
-        if isinstance(attr, str):  # ModalitiesInStudy
-            mods = [m for m in value.replace("\\", ",").split(",") if m and m != "*"]
-            if mods:
-                conds.append(exists().where(se.c.study_pk == st.c.id, se.c.modality.in_(mods)))
-            continue
-        cond = _condition(attr, value, q.fuzzy)
-        if cond is not None:
-            conds.append(cond)
-    if scope.study_uid:
-        conds.append(st.c.study_uid == check_uid(scope.study_uid, "StudyInstanceUID"))
-    if scope.series_uid:
-        conds.append(se.c.series_uid == check_uid(scope.series_uid, "SeriesInstanceUID"))
-    stmt: Select[Any]
-    if q.level is Level.STUDY:
-        stmt = (
-            select(st, p)
-            .join(p, st.c.patient_pk == p.c.id)
-            .order_by(st.c.study_date.desc(), st.c.id)
-        )
-    elif q.level is Level.SERIES:
-        stmt = (
-            select(se, st, p)
-            .join(st, se.c.study_pk == st.c.id)
-            .join(p, st.c.patient_pk == p.c.id)
-            .order_by(st.c.id, se.c.series_number, se.c.id)
-        )
-    else:
-        stmt = (
-            select(i, se.c.series_uid, st, p)
-            .join(se, i.c.series_pk == se.c.id)
-            .join(st, se.c.study_pk == st.c.id)
-            .join(p, st.c.patient_pk == p.c.id)
-            .order_by(se.c.id, i.c.instance_number, i.c.id)
-        )
-    stmt = stmt.where(*conds).limit(q.limit).offset(q.offset)
-    with engine.connect() as conn:
-        result = conn.execute(stmt)
-        plan = _Plan(q, list(result.keys()), base_url)
-        rows = result.all()
-        extra = _computed(conn, q.level, [plan.key(row) for row in rows])
-    return [plan.render(row, extra.get(plan.key(row), {})) for row in rows]
-
-
-# The computed attributes of a page of results, one statement per search: per series of the
-# page's studies, its modality and instance count (an outer join keeps empty series, whose
-# modality counts for ModalitiesInStudy though the series does not count as related); per
-# series of a page of series, its instance count. Built once: only the UID list varies.
-_ST, _SE, _I = schema.studies, schema.series, schema.instances
-_STUDY_SERIES = (
-    select(_ST.c.study_uid, _SE.c.modality, func.count(_I.c.id))
-    .join(_SE, _SE.c.study_pk == _ST.c.id)
-    .outerjoin(_I, _I.c.series_pk == _SE.c.id)
-    .where(_ST.c.study_uid.in_(bindparam("uids", expanding=True)))
-    .group_by(_ST.c.study_uid, _SE.c.id, _SE.c.modality)
-    .order_by(_SE.c.id)
-)
-_SERIES_INSTANCES = (
-    select(_SE.c.series_uid, func.count(_I.c.id))
-    .join(_I, _I.c.series_pk == _SE.c.id)
-    .where(_SE.c.series_uid.in_(bindparam("uids", expanding=True)))
-    .group_by(_SE.c.series_uid)
-)
-
-
-def _computed(conn: Any, level: Level, uids: list[str | None]) -> dict[Any, dict[str, Any]]:
-    """NumberOfStudyRelated*, ModalitiesInStudy (in series order) or
-    NumberOfSeriesRelatedInstances of the studies or series `uids`, keyed by UID."""
-    out: dict[Any, dict[str, Any]] = {}
-    if not uids or level is Level.INSTANCE:
-        return out
-    if level is Level.STUDY:
-        for uid, modality, ninst in conn.execute(_STUDY_SERIES, {"uids": uids}):
-            found = out.setdefault(
-                uid,
-                {
-                    "NumberOfStudyRelatedSeries": 0,
-                    "NumberOfStudyRelatedInstances": 0,
-                    "ModalitiesInStudy": [],
-                },
-            )
-            if ninst:
-                found["NumberOfStudyRelatedSeries"] += 1
-                found["NumberOfStudyRelatedInstances"] += ninst
-            if modality and modality not in found["ModalitiesInStudy"]:
-                found["ModalitiesInStudy"].append(modality)
-        return out
-    for uid, ninst in conn.execute(_SERIES_INSTANCES, {"uids": uids}):
-        out[uid] = {"NumberOfSeriesRelatedInstances": ninst}
-    return out
+    terms: list[matching.Term | None] = [
+        matching.modalities(value) if isinstance(attr, str) else matching.term(attr, value, q.fuzzy)
+        for attr, value in q.filters
+    ]
+    terms += matching.scope(scope.study_uid, scope.series_uid)
+    key = {Level.STUDY: "study_uid", Level.SERIES: "series_uid"}.get(q.level)
+    found = matching.search(
+        engine, q.level, [t for t in terms if t is not None], q.limit, q.offset, key
+    )
+    plan = _Plan(q, found.columns, base_url)
+    return [plan.render(row, found.computed.get(plan.key(row), {})) for row in found.rows]
 
 
 class _Plan:

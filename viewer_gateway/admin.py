@@ -12,12 +12,12 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from sqlalchemy import Engine
 
 from viewer_gateway import status_page
 from viewer_gateway.auth import Principal, authenticate, require
+from viewer_gateway.threads import Workers
 from vna.errors import NotFound, Unauthorized
 from vna.reports import files
 from vna.settings import Settings
@@ -28,7 +28,7 @@ FRESH_SECONDS = 5.0  # half the page's refresh interval
 MEDIA = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8"}
 
 
-def router(settings: Settings, engine: Engine) -> APIRouter:
+def router(settings: Settings, engine: Engine, workers: Workers) -> APIRouter:
     gw = settings.gateway
 
     def admin(request: Request) -> Principal:
@@ -54,12 +54,12 @@ def router(settings: Settings, engine: Engine) -> APIRouter:
 
     @r.get("/status", response_class=HTMLResponse)
     async def status(who: Admin) -> HTMLResponse:
-        data = await run_in_threadpool(figures)
+        data = await workers.run(figures)
         return HTMLResponse(status_page.to_html(data), headers={"Cache-Control": "no-store"})
 
     @r.get("/status.json")
     async def status_json(who: Admin) -> JSONResponse:
-        data = await run_in_threadpool(figures)
+        data = await workers.run(figures)
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     @r.get("/reports/{name}")

@@ -11,21 +11,19 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import anyio.to_thread
 import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from viewer_gateway import admin, audit, qido, rendered, viewer, wado_rs, wado_uri
 from viewer_gateway.auth import Principal, authenticate
-from viewer_gateway.engine import WORKER_THREADS
 from viewer_gateway.media import parse_accept
 from viewer_gateway.metadata import MetadataCache
+from viewer_gateway.threads import Workers
 from viewer_gateway.tiers import InstanceStore
 from vna.attributes import Level
 from vna.errors import VnaError
@@ -39,24 +37,24 @@ QueryUid = Annotated[str, Query(pattern=UID_PATTERN, max_length=64)]
 DICOM_JSON = "application/dicom+json"
 
 
-@asynccontextmanager
-async def _worker_threads(app: FastAPI) -> AsyncIterator[None]:
-    """As many worker threads as the gateway's engine pools connections (engine.py)."""
-    anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
-    yield
-
-
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
     """The ASGI application for one archive."""
     gw = settings.gateway
     store = InstanceStore(settings, engine)
     prepared = MetadataCache(store, engine)
+    workers = Workers()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        workers.close()
+
     app = FastAPI(
         title="vna DICOMweb",
         version="0.1",
         docs_url=None,
         redoc_url=None,
-        lifespan=_worker_threads,
+        lifespan=lifespan,
     )
     app.state.metadata = prepared  # its `run` keeps metadata prepared (see service.py)
     if gw.cors_origins:
@@ -121,7 +119,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     async def search(request: Request, level: Level, scope: qido.Scope) -> Response:
         q = qido.parse(level, request.query_params.multi_items(), gw.max_limit)
-        body = await run_in_threadpool(search_body, q, scope, base_url(request))
+        body = await workers.run(search_body, q, scope, base_url(request))
         return Response(body, media_type=DICOM_JSON)
 
     Who = Annotated[Principal, Depends(principal)]
@@ -170,11 +168,11 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         def plan() -> wado_rs.Retrieval:  # one worker-thread hop: the lookup and first batch
             return wado_rs.retrieve(store, store.instances(study, series, sop), accept)
 
-        retrieval = await run_in_threadpool(plan)
+        retrieval = await workers.run(plan)
         length = retrieval.length
         headers = {"Content-Length": str(length)} if length is not None else None
         return StreamingResponse(
-            retrieval.body(), media_type=retrieval.content_type, headers=headers
+            retrieval.body(workers), media_type=retrieval.content_type, headers=headers
         )
 
     @app.get(ROOT + "/studies/{study}", summary="Retrieve a study (PS3.18 10.4)")
@@ -211,7 +209,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         def prepared_json() -> bytes:
             return prepared.get(store.instances(study, series, sop), base)
 
-        return Response(await run_in_threadpool(prepared_json), media_type=DICOM_JSON)
+        return Response(await workers.run(prepared_json), media_type=DICOM_JSON)
 
     @app.get(ROOT + "/studies/{study}/metadata", summary="Study metadata (PS3.18 10.4)")
     async def study_metadata(request: Request, study: Uid, who: Who) -> Response:
@@ -260,7 +258,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             (inst,) = store.instances(study, series, sop)
             return wado_rs.frames(store, inst, numbers, accept)
 
-        ctype, body = await run_in_threadpool(frames_of)
+        ctype, body = await workers.run(frames_of)
         if isinstance(body, bytes):  # small: one plain response
             return Response(body, media_type=ctype)
         return StreamingResponse(body, media_type=ctype)
@@ -281,7 +279,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             (inst,) = store.instances(study, series, sop)
             return wado_rs.bulkdata(store, inst, tag)
 
-        return Response(await run_in_threadpool(bulk), media_type="application/octet-stream")
+        return Response(await workers.run(bulk), media_type="application/octet-stream")
 
     def render_options(request: Request) -> rendered.Options:
         accept_types = [r.type for r in parse_accept(request.headers.get("accept"))]
@@ -309,13 +307,13 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             inst = found[len(found) // 2]  # a series thumbnail shows its middle instance
             return rendered.render(store.read(inst), frame, options)
 
-        return Response(await run_in_threadpool(image), media_type=options.media_type)
+        return Response(await workers.run(image), media_type=options.media_type)
 
     async def send_rendered_all(request: Request, study: str, series: str | None) -> Response:
         options = render_options(request)
-        found = await run_in_threadpool(store.instances, study, series, None)
+        found = await workers.run(store.instances, study, series, None)
         mp, parts = rendered.each(store, found, options)
-        first = await run_in_threadpool(next, parts)  # errors before the response starts
+        first = await workers.run(next, parts)  # errors before the response starts
         return StreamingResponse(itertools.chain([first], parts), media_type=mp.content_type)
 
     @app.get(ROOT + "/studies/{study}/rendered", summary="Rendered study (PS3.18 10.4)")
@@ -401,10 +399,10 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                 store, inst, requestType, contentType, transferSyntax, rendering
             )
 
-        data, ctype = await run_in_threadpool(answer)
+        data, ctype = await workers.run(answer)
         return Response(data, media_type=ctype)
 
-    app.include_router(admin.router(settings, engine))
+    app.include_router(admin.router(settings, engine, workers))
     if gw.viewer is not None:
         viewer.mount(app, gw.viewer)  # last: it answers every path the routes above do not
     return app

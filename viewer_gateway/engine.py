@@ -1,13 +1,12 @@
 """The gateway's own engine on the index: a connection pool as large as its worker threads.
 
-Every index query of the gateway runs in a worker thread (anyio's thread limiter,
-which FastAPI and `run_in_threadpool` use; the app sets it to `WORKER_THREADS`),
-and each thread holds at most one connection at a time. SQLAlchemy's default pool
+Every index query of the gateway runs in one of its `WORKER_THREADS` worker threads
+(threads.py), and each thread holds at most one connection at a time. SQLAlchemy's default pool
 keeps 5 connections and opens up to 10 more when needed, closing them again when
 returned: under load the gateway opened and closed connections per request (on
 SQLite each with its PRAGMAs), and threads past the 15th waited for one. So the
 gateway keeps one connection per worker thread, plus a few for the metadata
-preparer and other callers outside the limiter.
+preparer and other callers outside those threads.
 
 On SQLite each gateway connection keeps a page cache of `SQLITE_CACHE_KIB`, not the
 index's 64 MB: forty connections each filling 64 MB took the gateway from 200 to 500 MB
@@ -21,9 +20,9 @@ from sqlalchemy import Engine
 
 from vna.index.engine import Pooling, create
 
-#: Worker threads of the gateway: the thread limiter's tokens, and the connections kept.
+#: Worker threads of the gateway (threads.py), and the connections kept.
 WORKER_THREADS = 40
-#: Connections beyond those, for threads outside the limiter (the metadata preparer).
+#: Connections beyond those, for threads outside them (the metadata preparer).
 EXTRA_CONNECTIONS = 8
 #: Page cache of each gateway connection to a SQLite index.
 SQLITE_CACHE_KIB = 2048

@@ -16,9 +16,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from starlette.concurrency import run_in_threadpool
 
 from viewer_gateway.media import Choice, MediaRange, Multipart, choose_multipart
+from viewer_gateway.threads import Workers
 from viewer_gateway.tiers import InstanceStore, Located
 from viewer_gateway.transcode import can_convert, convert
 from vna.errors import Corrupt, InvalidInput, NotAcceptable, NotFound
@@ -75,7 +75,7 @@ class Retrieval:
             pieces += (head if not pieces and index == 0 else b"\r\n" + head, data)
         return pieces
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body(self, workers: Workers) -> AsyncIterator[bytes]:
         """The whole body. While one batch is sent, the next is read in a worker thread
         (file reads release the GIL), so reading and sending overlap."""
         ahead: asyncio.Future[list[bytes]] | None = None
@@ -88,7 +88,7 @@ class Retrieval:
                     pieces = await ahead
                 ahead = None
                 if index + 1 < len(self.batches):
-                    ahead = asyncio.ensure_future(run_in_threadpool(self.read, index + 1))
+                    ahead = asyncio.ensure_future(workers.run(self.read, index + 1))
                 for piece in pieces:
                     yield piece
                 pieces = []  # let the batch go before the next is awaited

@@ -92,6 +92,10 @@ def test_study_search_returns_default_attributes_and_counts(loaded: Archive) -> 
         ("PatientID=P01*", 1),
         ("PatientID=P0?00000", 1),
         ("PatientID=p0100000", 0),
+        ("PatientID=p01*", 0),  # case-sensitive (PS3.4 C.2.2.2.4); SQLite's LIKE is not
+        ("PatientID=P0[1]*", 0),  # a bracket is a character, not a set
+        ("PatientID=*00000", 1),
+        ("PatientID=P01*0", 1),
         ("StudyDate=20260101-20260131", 1),
         ("StudyDate=-20251231", 0),
         ("StudyDate=20260105-", 1),
@@ -143,10 +147,10 @@ def test_searches_of_one_shape_bind_their_own_values(loaded: Archive) -> None:
 def test_patient_name_searches_are_served_by_the_name_index(loaded: Archive, value: str) -> None:
     """A name search with a fixed start reads the patient name index, not every study."""
     engine = loaded.engine
-    found = matching.term(BY_KEYWORD["PatientName"], value, False)
-    assert found is not None
+    (found,) = matching.terms(engine.dialect.name, [(BY_KEYWORD["PatientName"], value)], False)
     compiled = matching._compiled_search(engine.dialect, Level.STUDY, ((found.key, found.form),))
-    params = compiled.bind({"limit": 100, "offset": 0, "t0_0": found.values[0]})
+    values = {f"t0_{n}": v for n, v in enumerate(found.values)}
+    params = compiled.bind({"limit": 100, "offset": 0, **values})
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()

@@ -75,7 +75,30 @@ class Term:
     values: tuple[Any, ...]
 
 
-def term(attr: Attribute, value: str, fuzzy: bool) -> Term | None:
+def terms(
+    dialect: str,
+    filters: Sequence[tuple[Attribute | str, str]],
+    fuzzy: bool,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> list[Term]:
+    """The terms of a search on an index of `dialect` (its name): one per query filter that
+    is not universal (ModalitiesInStudy given by name), then the nested route's scope."""
+    out = []
+    for attr, value in filters:
+        found = _modalities(value) if attr == MODALITIES else None
+        if isinstance(attr, Attribute):
+            found = term(attr, value, fuzzy, dialect == "sqlite")
+        if found is not None:
+            out.append(found)
+    if study_uid:
+        out.append(Term(IN_STUDY, ("eq",), (check_uid(study_uid, "StudyInstanceUID"),)))
+    if series_uid:
+        out.append(Term(IN_SERIES, ("eq",), (check_uid(series_uid, "SeriesInstanceUID"),)))
+    return out
+
+
+def term(attr: Attribute, value: str, fuzzy: bool, sqlite: bool) -> Term | None:
     """The term matching `attr` against a query value; None for universal matching."""
     if value in ("", "*"):
         return None
@@ -92,42 +115,62 @@ def term(attr: Attribute, value: str, fuzzy: bool) -> Term | None:
             return Term(key, ("eq",), (int(value),))
         except ValueError:
             raise BadQuery(f"{key} must be a number, not {value!r}") from None
-    if attr.match is Match.PERSON_NAME:
+    if attr.match is Match.PERSON_NAME:  # case-insensitive: folded on both sides
         folded = value.casefold() if key == "PatientName" else value.lower()
-        # Patient names go through LIKE even without wildcards: their index (migration
-        # 0005) is ordered as LIKE compares, so it serves LIKE but not `=`.
-        like = _wild(folded) or key == "PatientName"
-        values: tuple[str, ...] = (_to_like(folded) if like else folded,)
-        if fuzzy:
-            prefix = _to_like(folded.rstrip("*")) + "%"
-            values += (prefix, "%^" + prefix)
-        return Term(key, ("name", like, fuzzy), values)
-    if _wild(value):
-        return Term(key, ("like",), (_to_like(value),))
-    return Term(key, ("eq",), (value,))
+        form, values = _text(folded, sqlite)
+        if not fuzzy:
+            return Term(key, ("name", form, None), values)
+        start = folded.rstrip("*")
+        fuzzy_values = (_pattern(start + "*", sqlite), _pattern("*^" + start + "*", sqlite))
+        return Term(key, ("name", form, "GLOB" if sqlite else "LIKE"), values + fuzzy_values)
+    form, values = _text(value, sqlite)
+    return Term(key, form, values)
 
 
-def modalities(value: str) -> Term | None:
+def _modalities(value: str) -> Term | None:
     """ModalitiesInStudy: studies with a series of any of the listed modalities."""
     mods = tuple(m for m in value.replace("\\", ",").split(",") if m and m != "*")
     return Term(MODALITIES, ("in", len(mods)), mods) if mods else None
 
 
-def scope(study_uid: str | None, series_uid: str | None) -> list[Term]:
-    """The terms of a nested route's path (/studies/{s}/series, .../series/{se}/instances)."""
-    terms = []
-    if study_uid:
-        terms.append(Term(IN_STUDY, ("eq",), (check_uid(study_uid, "StudyInstanceUID"),)))
-    if series_uid:
-        terms.append(Term(IN_SERIES, ("eq",), (check_uid(series_uid, "SeriesInstanceUID"),)))
-    return terms
+def _text(value: str, sqlite: bool) -> tuple[Form, tuple[str, ...]]:
+    """How a string matches, case-sensitive as PS3.4 C.2.2.2.4 asks.
+
+    Without wildcards, equal. On PostgreSQL, LIKE. On SQLite, LIKE would ignore ASCII
+    case, and a LIKE whose pattern is bound makes SQLite plan the statement again for
+    every search (three times the cost of the search): instead the fixed start of the
+    value is a range, which an index serves, and GLOB (case-sensitive) matches what
+    comes after it, unless that is a single `*`.
+    """
+    if not _wild(value):
+        return ("eq",), (value,)
+    if not sqlite:
+        return ("like",), (_pattern(value, False),)
+    start = value[: min(k for k in (value.find("*"), value.find("?")) if k >= 0)]
+    end = _after(start) if start else None
+    if end is not None and value == start + "*":
+        return ("starts",), (start, end)
+    bounds = tuple(b for b in (start, end) if b)
+    return ("glob", len(bounds)), (*bounds, _pattern(value, True))
+
+
+def _after(start: str) -> str | None:
+    """The first string past every string that begins with `start`, in code point order
+    (SQLite's BINARY collation of UTF-8); None past the last code point."""
+    last = ord(start[-1]) + 1
+    if last == 0xD800:  # surrogates are not characters: the next one is U+E000
+        last = 0xE000
+    return start[:-1] + chr(last) if last <= 0x10FFFF else None
 
 
 def _wild(value: str) -> bool:
     return "*" in value or "?" in value
 
 
-def _to_like(value: str) -> str:
+def _pattern(value: str, sqlite: bool) -> str:
+    """A DICOM wildcard value as a GLOB (SQLite) or LIKE pattern."""
+    if sqlite:
+        return value.replace("[", "[[]")
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
 
@@ -159,19 +202,16 @@ def _clause(key: str, form: Form, params: Sequence[BindParameter[Any]]) -> Colum
     kind = form[0]
     if kind == "in":
         return col.in_(params)  # type: ignore[no-any-return]
-    if kind == "eq":
-        return col == params[0]  # type: ignore[no-any-return]
-    if kind == "like":
-        return col.like(params[0], escape="\\")  # type: ignore[no-any-return]
     if kind == "name":
-        _, like, fuzzy = form
+        _, text, fuzzy = form
         target = _P.c.patient_name_folded if key == "PatientName" else func.lower(col)
-        cond = target.like(params[0], escape="\\") if like else target == params[0]
+        cond = _text_clause(target, text, params)
         if fuzzy:
-            cond = or_(
-                cond, target.like(params[1], escape="\\"), target.like(params[2], escape="\\")
-            )
+            op = target.op(fuzzy, is_comparison=True)
+            cond = or_(cond, op(params[-2]), op(params[-1]))
         return cond
+    if kind != "range":
+        return _text_clause(col, form, params)
     _, has_low, high_len = form
     conds = []
     rest = list(params)
@@ -181,6 +221,24 @@ def _clause(key: str, form: Form, params: Sequence[BindParameter[Any]]) -> Colum
         conds.append(func.substr(col, 1, high_len) <= rest[0])
     elif high_len < 0:
         conds.append(col <= rest[0])
+    return and_(*conds)
+
+
+def _text_clause(
+    target: Any, form: Form, params: Sequence[BindParameter[Any]]
+) -> ColumnElement[bool]:
+    kind = form[0]
+    if kind == "eq":
+        return target == params[0]  # type: ignore[no-any-return]
+    if kind == "like":
+        return target.like(params[0], escape="\\")  # type: ignore[no-any-return]
+    if kind == "starts":
+        return and_(target >= params[0], target < params[1])
+    bounds = form[1]  # glob
+    conds = [target >= params[0]] if bounds else []
+    if bounds == 2:
+        conds.append(target < params[1])
+    conds.append(target.op("GLOB", is_comparison=True)(params[bounds]))
     return and_(*conds)
 
 
@@ -233,9 +291,13 @@ def _bound(form: Form) -> int:
     if kind == "in":
         return int(form[1])
     if kind == "name":
-        return 3 if form[2] else 1
+        return _bound(form[1]) + (2 if form[2] else 0)
     if kind == "range":
         return int(form[1]) + int(form[2] != 0)
+    if kind == "starts":
+        return 2
+    if kind == "glob":
+        return int(form[1]) + 1
     return 1
 
 

@@ -6,6 +6,7 @@ attributes match is in matching.py. Never a file is opened to answer a search.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,15 +131,10 @@ class Scope:
 
 def search(engine: Engine, q: Query, scope: Scope, base_url: str) -> list[dict[str, Any]]:
     """Run a parsed query; return DICOM JSON objects."""
-    terms: list[matching.Term | None] = [
-        matching.modalities(value) if isinstance(attr, str) else matching.term(attr, value, q.fuzzy)
-        for attr, value in q.filters
-    ]
-    terms += matching.scope(scope.study_uid, scope.series_uid)
+    dialect = engine.dialect.name
+    terms = matching.terms(dialect, q.filters, q.fuzzy, scope.study_uid, scope.series_uid)
     key = {Level.STUDY: "study_uid", Level.SERIES: "series_uid"}.get(q.level)
-    found = matching.search(
-        engine, q.level, [t for t in terms if t is not None], q.limit, q.offset, key
-    )
+    found = matching.search(engine, q.level, terms, q.limit, q.offset, key)
     plan = _Plan(q, found.columns, base_url)
     return [plan.render(row, found.computed.get(plan.key(row), {})) for row in found.rows]
 
@@ -147,39 +143,16 @@ class _Plan:
     """How each result row of one search becomes DICOM JSON, worked out once per search.
 
     The attributes (defaults, includefield, computed, RetrieveURL) are looked up,
-    ordered by tag and mapped to row positions once; each row then only fills in
-    values. The same objects as building each row from keywords, in less time
-    (a 101-study page took longer to render than to query).
+    ordered by tag and mapped to row positions once per kind of search (`_layout`);
+    each row then only fills in values. The same objects as building each row from
+    keywords, in less time (a 101-study page took longer to render than to query).
     """
 
     def __init__(self, q: Query, columns: list[str], base_url: str) -> None:
         self.level = q.level
         self.base_url = base_url
-        position = {name: k for k, name in reversed(list(enumerate(columns)))}
-        self.uids = [position.get(c) for c in ("study_uid", "series_uid", "sop_uid")]
-        keywords: list[str] = list(DEFAULTS[q.level])
-        if q.include_all:
-            for level in SEARCHABLE[q.level]:
-                keywords += [a.keyword for a in BY_KEYWORD.values() if a.level is level]
-        keywords += sorted(q.include)
-        # (tag, vr, where the value comes from: a row position, a computed keyword, or a
-        # constant in a 1-tuple; None for RetrieveURL)
-        fields: list[tuple[str, str, int | str | tuple[Any] | None]] = [
-            (tag_hex("SpecificCharacterSet"), vr_of("SpecificCharacterSet"), (UTF8,)),
-            (tag_hex("InstanceAvailability"), vr_of("InstanceAvailability"), ("ONLINE",)),
-        ]
-        seen = {"SpecificCharacterSet", "InstanceAvailability"}
-        for keyword in keywords:
-            if keyword in seen:
-                continue
-            seen.add(keyword)
-            attr = BY_KEYWORD.get(keyword)
-            if attr is not None and attr.column in position:
-                fields.append((tag_hex(keyword), vr_of(keyword), position[attr.column]))
-        for keyword in COMPUTED[q.level]:
-            fields.append((tag_hex(keyword), vr_of(keyword), keyword))
-        fields.append((tag_hex("RetrieveURL"), vr_of("RetrieveURL"), None))
-        self.fields = sorted(fields, key=lambda f: f[0])
+        include = frozenset(q.include)
+        self.uids, self.fields = _layout(q.level, include, q.include_all, tuple(columns))
 
     def key(self, row: Sequence[Any]) -> str | None:
         """The UID the computed attributes of `row` are keyed by (none for instances)."""
@@ -203,6 +176,42 @@ class _Plan:
     def _retrieve_url(self, row: Sequence[Any]) -> str:
         study, series, sop = (row[k] if k is not None else None for k in self.uids)
         return _retrieve_url(self.level, study, series, sop, self.base_url)
+
+
+# (tag, vr, where the value comes from: a row position, a computed keyword, or a constant in
+# a 1-tuple; None for RetrieveURL)
+Field = tuple[str, str, int | str | tuple[Any] | None]
+
+
+@functools.lru_cache(maxsize=matching.SHAPES_KEPT)
+def _layout(
+    level: Level, include: frozenset[str], include_all: bool, columns: tuple[str, ...]
+) -> tuple[list[int | None], list[Field]]:
+    """Where a row's UIDs are, and its fields in tag order; the same for every search that
+    asks for the same attributes of the same statement's columns."""
+    position = {name: k for k, name in reversed(list(enumerate(columns)))}
+    uids = [position.get(c) for c in ("study_uid", "series_uid", "sop_uid")]
+    keywords: list[str] = list(DEFAULTS[level])
+    if include_all:
+        for at in SEARCHABLE[level]:
+            keywords += [a.keyword for a in BY_KEYWORD.values() if a.level is at]
+    keywords += sorted(include)
+    fields: list[Field] = [
+        (tag_hex("SpecificCharacterSet"), vr_of("SpecificCharacterSet"), (UTF8,)),
+        (tag_hex("InstanceAvailability"), vr_of("InstanceAvailability"), ("ONLINE",)),
+    ]
+    seen = {"SpecificCharacterSet", "InstanceAvailability"}
+    for keyword in keywords:
+        if keyword in seen:
+            continue
+        seen.add(keyword)
+        attr = BY_KEYWORD.get(keyword)
+        if attr is not None and attr.column in position:
+            fields.append((tag_hex(keyword), vr_of(keyword), position[attr.column]))
+    for keyword in COMPUTED[level]:
+        fields.append((tag_hex(keyword), vr_of(keyword), keyword))
+    fields.append((tag_hex("RetrieveURL"), vr_of("RetrieveURL"), None))
+    return uids, sorted(fields, key=lambda f: f[0])
 
 
 def _retrieve_url(

@@ -68,7 +68,7 @@ patients = Table(
     Column("patient_id", String(64), nullable=False),
     Column("issuer_of_patient_id", String(64), nullable=False),
     *_attribute_columns(Level.PATIENT, {"patient_id", "issuer_of_patient_id"}),
-    # Indexed for LIKE by migration 0005 (NOCASE on SQLite, text_pattern_ops on PostgreSQL).
+    # Indexed by migration 0005 (text_pattern_ops on PostgreSQL, for LIKE).
     Column("patient_name_folded", String(324), nullable=True),
     UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_identity"),
 )

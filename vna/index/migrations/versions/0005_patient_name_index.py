@@ -4,11 +4,11 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-04 12:00:00
 
-Person names are matched on `patient_name_folded` (casefolded) with LIKE, wildcards
-or not. An index serves a LIKE with a fixed prefix only if it orders the column the
-way LIKE compares: on SQLite, whose LIKE ignores ASCII case, an index in the NOCASE
-collation; on PostgreSQL, whatever the database's collation, one with the
-text_pattern_ops operator class.
+Person names are matched on `patient_name_folded` (casefolded). On SQLite a name is
+matched by equality, or by a range of its fixed start (and GLOB past it), which a
+plain index serves. On PostgreSQL by LIKE, which an index serves, whatever the
+database's collation, if it has the text_pattern_ops operator class (which serves
+equality too).
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ NAME = "ix_patients_patient_name_folded"
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute(f"CREATE INDEX {NAME} ON patients (patient_name_folded COLLATE NOCASE)")
-    else:
-        op.create_index(
-            NAME,
-            "patients",
-            ["patient_name_folded"],
-            postgresql_ops={"patient_name_folded": "text_pattern_ops"},
-        )
+    op.create_index(
+        NAME,
+        "patients",
+        ["patient_name_folded"],
+        postgresql_ops={"patient_name_folded": "text_pattern_ops"},
+    )
 
 
 def downgrade() -> None:

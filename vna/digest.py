@@ -19,7 +19,7 @@ def new() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
-def of_bytes(data: bytes) -> str:
+def of_bytes(data: bytes | memoryview) -> str:
     """Digest of an in-memory buffer."""
     return xxhash.xxh3_128_hexdigest(data)
 

@@ -90,23 +90,40 @@ class Header:
     content_offset: int  # where the dataset proper (after the file meta group) begins
     whole: bool  # True when the dataset was read whole (deflated), with no raw tail
     spans: dict[int, tuple[int, int]] | None = None  # file offsets of each top-level element
+    data: bytes | None = None  # the whole file, when it was read into memory (`keep`)
 
 
-def read_header(path: Path) -> Header:
-    """Parse a drop file's header and check that the rest of it is complete."""
+#: Files up to this size are read into memory whole, once, when the caller goes on to read
+#: them whole (ingest: header, content digest, archived copy); larger ones are read in parts.
+IN_MEMORY_BYTES = 16 << 20
+
+
+def read_header(path: Path, keep: bool = False) -> Header:
+    """Parse a drop file's header and check that the rest of it is complete.
+
+    With `keep`, a file of at most IN_MEMORY_BYTES is read in one go and kept in the
+    header, so the content digest and the archived copy are made from memory: one
+    open and one read instead of four opens and two reads of the whole file.
+    """
     size = path.stat().st_size
     if size == 0:
         raise EmptyFile("the file is empty (0 bytes)")
     try:
-        return _read_header(path, size)
+        return _read_header(path, size, keep and size <= IN_MEMORY_BYTES)
     except (DicomFileError, OSError):
         raise
     except Exception as exc:  # pydicom raises many types for malformed input
         raise Unreadable(f"malformed DICOM: {type(exc).__name__}: {exc}") from None
 
 
-def _read_header(path: Path, size: int) -> Header:
-    with path.open("rb") as fh:
+def _read_header(path: Path, size: int, keep: bool) -> Header:
+    with path.open("rb") as f:
+        data = f.read() if keep else None
+        if data is not None:
+            size = len(data)  # a file that changed since is caught by its stat after
+            if size == 0:
+                raise EmptyFile("the file is empty (0 bytes)")
+        fh: BinaryIO = io.BytesIO(data) if data is not None else f
         ds = _parse(fh, size)
         tail_offset = fh.tell()
         meta = ds.file_meta if isinstance(getattr(ds, "file_meta", None), FileMetaDataset) else None
@@ -126,7 +143,9 @@ def _read_header(path: Path, size: int) -> Header:
             _check_dataset_end(fh, ds, size)
         content_offset = _content_offset(fh, meta, little)
     spans = None if whole else _element_spans(ds, content_offset, tail_offset, implicit)
-    return Header(ds, syntax, implicit, little, tail_offset, size, content_offset, whole, spans)
+    return Header(
+        ds, syntax, implicit, little, tail_offset, size, content_offset, whole, spans, data
+    )
 
 
 def _element_spans(
@@ -361,7 +380,12 @@ def write_archived(
     written = len(head)
     with dest.open("wb") as out:
         out.write(head)
-        if not header.whole and header.tail_offset < header.size:
+        if header.data is not None and header.tail_offset < header.size:
+            tail = memoryview(header.data)[header.tail_offset :]
+            h.update(tail)
+            out.write(tail)
+            written += len(tail)
+        elif not header.whole and header.tail_offset < header.size:
             with source.open("rb") as src:
                 src.seek(header.tail_offset)
                 remaining = header.size - header.tail_offset
@@ -388,9 +412,12 @@ def _spliced_header(header: Header, source: Path, touched: set[int]) -> bytes:
     meta = DicomBytesIO()
     meta.is_little_endian, meta.is_implicit_VR = True, False
     write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
-    with source.open("rb") as fh:
-        fh.seek(header.content_offset)
-        region = fh.read(header.tail_offset - header.content_offset)
+    if header.data is not None:
+        region = header.data[header.content_offset : header.tail_offset]
+    else:
+        with source.open("rb") as fh:
+            fh.seek(header.content_offset)
+            region = fh.read(header.tail_offset - header.content_offset)
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = header.little_endian, header.implicit_vr
     encodings = ds._character_set
@@ -408,8 +435,10 @@ def _spliced_header(header: Header, source: Path, touched: set[int]) -> bytes:
     return b"\0" * 128 + b"DICM" + meta.getvalue() + body.getvalue()
 
 
-def content_digest(path: Path, offset: int) -> str:
-    """Digest of a file's dataset as received (from `offset`), for duplicate detection."""
+def content_digest(header: Header, path: Path) -> str:
+    """Digest of a file's dataset as received (after its file meta), for duplicate detection."""
+    if header.data is not None:
+        return digest.of_bytes(memoryview(header.data)[header.content_offset :])
     with path.open("rb") as fh:
-        fh.seek(offset)
+        fh.seek(header.content_offset)
         return digest.of_stream(fh)

@@ -101,10 +101,10 @@ def prepare(job: Job) -> Result:
         return Skipped(job, f"cannot stat: {exc.strerror}")
     staged = Path(job.staging) / f"{uuid.uuid4().hex}.dcm"
     try:
-        header = part10.read_header(path)
+        header = part10.read_header(path, keep=True)
         ds = header.dataset
         sop_uid = _validate_uids(ds)
-        content = part10.content_digest(path, header.content_offset)
+        content = part10.content_digest(header, path)
         touched = apply(ds, job.rules, job.received, content)
         attributes = extract(ds)
         relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, sop_uid)

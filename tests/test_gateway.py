@@ -167,6 +167,34 @@ def test_patient_name_searches_are_served_by_the_name_index(loaded: Archive, val
     assert "ix_patients_patient_name_folded" in plan, plan
 
 
+@pytest.mark.parametrize("budget", [0, None])
+def test_a_search_over_its_budget_on_the_event_loop_is_answered_from_a_thread(
+    loaded: Archive, budget: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a search runs on the event loop until it needs more work than the loop may
+    give it; then it runs again in a worker thread, with the same answer."""
+    from viewer_gateway import inline
+    from viewer_gateway.threads import Workers
+
+    if budget is not None:
+        monkeypatch.setattr(inline, "BUDGET", budget)
+        monkeypatch.setattr(inline, "STEP", 1)
+    hops: list[str] = []
+    run = Workers.run
+
+    async def counted(self: Workers, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", "?"))
+        return await run(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(Workers, "run", counted)
+    c = client(loaded)
+    (study,) = c.get("/dicomweb/studies?PatientName=m*").json()
+    assert value(study, "00201208") == 6
+    assert c.get("/dicomweb/studies?PatientName=nobody*").json() == []
+    on_loop = loaded.engine.dialect.name == "sqlite" and budget is None
+    assert hops == ([] if on_loop else ["search_body", "search_body"])
+
+
 def test_ohif_study_list_and_series_requests(loaded: Archive) -> None:
     c = client(loaded)
     r = c.get(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,15 +351,17 @@ def search(
     limit: int,
     offset: int,
     key_column: str | None,
+    reading: AbstractContextManager[Any] | None = None,
 ) -> Found:
     """Run a search; `key_column` names the UID column the computed attributes are keyed by
-    (study_uid, series_uid, or None for instances, which have none)."""
+    (study_uid, series_uid, or None for instances, which have none). `reading` is the
+    cursor to run it with, in a read transaction; by default one on a pooled connection."""
     dialect = engine.dialect
     compiled = _compiled_search(dialect, level, tuple((t.key, t.form) for t in terms))
     values: dict[str, Any] = {"limit": limit, "offset": offset}
     for k, t in enumerate(terms):
         values.update((f"t{k}_{n}", v) for n, v in enumerate(t.values))
-    with _reading(engine) as cur:
+    with reading or _reading(engine) as cur:
         cur.execute(compiled.sql, compiled.bind(values))
         columns = [d[0] for d in cur.description]
         rows = cur.fetchall()

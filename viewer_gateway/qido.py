@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,12 +130,18 @@ class Scope:
     series_uid: str | None = None
 
 
-def search(engine: Engine, q: Query, scope: Scope, base_url: str) -> list[dict[str, Any]]:
-    """Run a parsed query; return DICOM JSON objects."""
+def search(
+    engine: Engine,
+    q: Query,
+    scope: Scope,
+    base_url: str,
+    reading: AbstractContextManager[Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run a parsed query (with `reading`'s cursor, if given); return DICOM JSON objects."""
     dialect = engine.dialect.name
     terms = matching.terms(dialect, q.filters, q.fuzzy, scope.study_uid, scope.series_uid)
     key = {Level.STUDY: "study_uid", Level.SERIES: "series_uid"}.get(q.level)
-    found = matching.search(engine, q.level, terms, q.limit, q.offset, key)
+    found = matching.search(engine, q.level, terms, q.limit, q.offset, key, reading)
     plan = _Plan(q, found.columns, base_url)
     return [plan.render(row, found.computed.get(plan.key(row), {})) for row in found.rows]
 

@@ -222,6 +222,8 @@ def test_ohif_study_list_and_series_requests(loaded: Archive) -> None:
         ("StudyDate=yesterday", "is not a date"),
         ("fuzzymatching=maybe", "fuzzymatching must be"),
         ("SOPInstanceUID=1.2", "cannot be matched in a study search"),
+        ("StudyInstanceUID=,", "a list of no UIDs"),
+        ("StudyInstanceUID=%5C", "a list of no UIDs"),
     ],
 )
 def test_bad_search_parameters_are_400_with_a_message(
@@ -766,3 +768,20 @@ def test_series_and_study_rendered_are_one_image_per_instance(loaded: Archive) -
     assert Image.open(io.BytesIO(parts(whole)[0][1])).size == (16, 16)
     missing = c.get(f"/dicomweb/studies/{study}/series/1.2.3.4/rendered")
     assert missing.status_code == 404
+
+
+def test_a_worker_call_that_raises_stopiteration_fails_instead_of_hanging() -> None:
+    import asyncio
+
+    from viewer_gateway.threads import Workers
+
+    workers = Workers(1)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await asyncio.wait_for(workers.run(next, iter([])), timeout=10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        workers.close()

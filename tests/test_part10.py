@@ -45,3 +45,12 @@ def test_a_file_in_memory_or_read_in_parts_is_archived_the_same(tmp_path: Path, 
     original = pydicom.dcmread(source)
     if "PixelData" in original:
         assert ds.PixelData == original.PixelData
+
+
+def test_a_file_that_grew_since_its_size_was_taken_is_not_read_whole(tmp_path: Path) -> None:
+    """Only as many bytes as the file had are read into memory; one still growing is read in
+    parts (and its stat, taken again after, tells the ingest it changed)."""
+    source = Path(str(get_testdata_file("CT_small.dcm")))
+    size = source.stat().st_size
+    assert part10._read_header(source, size, keep=True).data is not None
+    assert part10._read_header(source, size - 1, keep=True).data is None

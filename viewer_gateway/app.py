@@ -50,7 +50,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         yield
         workers.close()
         if on_loop is not None:
-            on_loop.close()
+            on_loop.dispose()
 
     app = FastAPI(
         title="vna DICOMweb",

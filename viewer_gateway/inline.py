@@ -2,12 +2,20 @@
 
 A search that finds one study is about 100 us of work; handing it to a worker
 thread and back cost more than that (0.73 against 0.57 ms per request, over HTTP,
-on a 2-core VM). So on SQLite a search runs on the event loop itself, where it
-blocks nothing that the GIL would not block anyway, except for SQLite's own work,
-which in a thread runs beside the loop. That work is bounded: SQLite calls a
-progress handler every `STEP` virtual-machine instructions, and past `BUDGET`
-calls it interrupts the search (OverBudget), which the caller then runs again in a
-worker thread. Rendering is bounded by the page size (`ROWS`). PostgreSQL searches
+on a 2-core VM). So on SQLite a search runs on the event loop itself, where its
+Python work blocks nothing that the GIL would not block anyway. What it adds is
+SQLite's own work, which in a thread runs beside the loop, and that is bounded:
+SQLite calls a progress handler every `STEP` virtual-machine instructions, and
+past `BUDGET` calls it interrupts the search (OverBudget), which the caller then
+runs again in a worker thread. A search that finds one study takes about 3,000
+instructions, OHIF's study list on a few studies of 500 instances 25,000; the
+budget is 50,000. Rendering is bounded by the page size (`ROWS`).
+
+What the budget cannot bound are waits: pages of the index read from disk, not
+from the page cache, block the loop while they are read. A reader never waits
+for a lock (WAL). The loop's connection comes from a pool of its own, so it never
+waits for one the worker threads hold. A kind of search seen for the first time
+is compiled on the loop (about a millisecond, once per kind). PostgreSQL searches
 always go to a worker thread: their time is a network round trip.
 """
 
@@ -19,10 +27,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from viewer_gateway.engine import SQLITE_CACHE_KIB
+from vna.index.engine import Pooling, create
+
 #: SQLite virtual-machine instructions between two calls of the progress handler.
 STEP = 1000
-#: Calls of the progress handler a search on the loop may take: about a millisecond.
-BUDGET = 100
+#: Calls of the progress handler a search on the loop may take (a millisecond or two).
+BUDGET = 50
 #: Largest page a search on the loop may render (OHIF's study list asks for 101).
 ROWS = 101
 
@@ -32,20 +43,24 @@ class OverBudget(Exception):
 
 
 class LoopConnection:
-    """The event loop's own connection to a SQLite index.
+    """The event loop's own connection to a SQLite index file.
 
-    One connection, kept for the app's life: the loop runs one search at a time,
-    and taking one from the pool could block the loop while worker threads hold
-    them all. It is dropped after an error and opened again on the next search.
+    From a pool of one of its own, kept for the app's life: the loop runs one search
+    at a time, and taking a connection from the gateway's pool could block the loop
+    while worker threads hold them all. Dropped after an error, opened again on the
+    next search.
     """
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        url = engine.url.render_as_string(hide_password=False)
+        self.engine = create(url, Pooling(1, 0, SQLITE_CACHE_KIB))
         self._raw: Any = None
 
     @staticmethod
     def serves(engine: Engine) -> bool:
-        return engine.dialect.name == "sqlite"
+        """SQLite in a file (an in-memory index exists only inside its own connections)."""
+        url = engine.url
+        return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
     @contextmanager
     def reading(self) -> Iterator[Any]:
@@ -83,6 +98,11 @@ class LoopConnection:
                 self.close()
 
     def close(self) -> None:
+        """Drop the connection (the next search opens another)."""
         raw, self._raw = self._raw, None
         if raw is not None:
             raw.invalidate()
+
+    def dispose(self) -> None:
+        self.close()
+        self.engine.dispose()

@@ -105,6 +105,8 @@ def term(attr: Attribute, value: str, fuzzy: bool, sqlite: bool) -> Term | None:
     key = attr.keyword
     if attr.match is Match.UID:
         uids = tuple(v for v in value.replace("\\", ",").split(",") if v)
+        if not uids:
+            raise BadQuery(f"{key}: {value!r} is a list of no UIDs")
         for uid in uids:
             check_uid(uid, key)
         return Term(key, ("in", len(uids)), uids)

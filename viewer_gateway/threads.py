@@ -14,7 +14,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from viewer_gateway.engine import WORKER_THREADS
 
@@ -36,9 +36,18 @@ class Workers:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="gateway")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._pool, functools.partial(_call, fn, args, kwargs))
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _call(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """`fn`'s StopIteration as a RuntimeError: an asyncio future cannot hold a StopIteration,
+    and its await would never end (`next` on an empty iterator, say)."""
+    try:
+        return fn(*args, **kwargs)
+    except StopIteration as exc:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)!s} raised StopIteration") from exc

@@ -118,11 +118,12 @@ def read_header(path: Path, keep: bool = False) -> Header:
 
 def _read_header(path: Path, size: int, keep: bool) -> Header:
     with path.open("rb") as f:
-        data = f.read() if keep else None
-        if data is not None:
-            size = len(data)  # a file that changed since is caught by its stat after
-            if size == 0:
-                raise EmptyFile("the file is empty (0 bytes)")
+        # At most one byte more than its size: a file still growing is read in parts
+        # instead, and caught by its stat afterwards, never read whole however big.
+        data = f.read(size + 1) if keep else None
+        if data is not None and len(data) != size:
+            data = None
+            f.seek(0)
         fh: BinaryIO = io.BytesIO(data) if data is not None else f
         ds = _parse(fh, size)
         tail_offset = fh.tell()

@@ -192,7 +192,35 @@ def test_a_search_over_its_budget_on_the_event_loop_is_answered_from_a_thread(
     assert value(study, "00201208") == 6
     assert c.get("/dicomweb/studies?PatientName=nobody*").json() == []
     on_loop = loaded.engine.dialect.name == "sqlite" and budget is None
-    assert hops == ([] if on_loop else ["search_body", "search_body"])
+    expected = "search_body" if loaded.engine.dialect.name != "sqlite" else "in_thread"
+    assert hops == ([] if on_loop else [expected, expected])
+
+
+def test_after_a_search_on_the_event_loop_read_the_disk_threads_search_until_warm(
+    loaded: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search on the loop that read the index from the disk sends searches to worker
+    threads, until one there reads nothing from the disk."""
+    from viewer_gateway import inline
+    from viewer_gateway.threads import Workers
+
+    if loaded.engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite searches run on the event loop")
+    hops: list[str] = []
+    run = Workers.run
+
+    async def counted(self: Workers, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", "?"))
+        return await run(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(Workers, "run", counted)
+    # Blocks read: the first search on the loop reads one; after that, nothing more.
+    reads = iter([0, 1])
+    monkeypatch.setattr(inline, "_blocks_read", lambda: next(reads, 1))
+    c = client(loaded)
+    for _ in range(4):
+        assert len(c.get("/dicomweb/studies?PatientName=m*").json()) == 1
+    assert hops == ["in_thread"]  # the second; the third and fourth are on the loop again
 
 
 def test_ohif_study_list_and_series_requests(loaded: Archive) -> None:

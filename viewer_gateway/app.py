@@ -123,13 +123,16 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     async def search(request: Request, level: Level, scope: qido.Scope) -> Response:
         q = qido.parse(level, request.query_params.multi_items(), gw.max_limit)
         base = base_url(request)
-        if on_loop is not None and q.limit <= inline.ROWS:  # see inline.py
+        if on_loop is None:
+            body = await workers.run(search_body, q, scope, base)
+            return Response(body, media_type=DICOM_JSON)
+        if q.limit <= inline.ROWS and not on_loop.cold:  # see inline.py
             try:
                 body = search_body(q, scope, base, on_loop.reading())
                 return Response(body, media_type=DICOM_JSON)
             except inline.OverBudget:
                 pass
-        body = await workers.run(search_body, q, scope, base)
+        body = await workers.run(on_loop.in_thread, lambda: search_body(q, scope, base))
         return Response(body, media_type=DICOM_JSON)
 
     Who = Annotated[Principal, Depends(principal)]

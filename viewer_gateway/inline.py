@@ -11,24 +11,31 @@ runs again in a worker thread. A search that finds one study takes about 3,000
 instructions, OHIF's study list on a few studies of 500 instances 25,000; the
 budget is 50,000. Rendering is bounded by the page size (`ROWS`).
 
-What the budget cannot bound are waits: pages of the index read from disk, not
-from the page cache, block the loop while they are read. A reader never waits
-for a lock (WAL). The loop's connection comes from a pool of its own, so it never
-waits for one the worker threads hold. A kind of search seen for the first time
-is compiled on the loop (about a millisecond, once per kind). PostgreSQL searches
+What the budget cannot bound are waits: pages of the index read from the disk,
+not from the page cache, block the loop while they are read (after a restart, or
+when the index outgrows the memory). So when a search on the loop had to read
+from the disk (its thread's block reads, as getrusage counts them), searches go
+to worker threads until one there reads nothing from the disk: the cache holds
+what searches need again. A reader never waits for a lock (WAL). The loop's
+connection comes from a pool of its own, so it never waits for one the worker
+threads hold. A kind of search seen for the first time is compiled on the loop
+(about a millisecond, once per kind). PostgreSQL searches
 always go to a worker thread: their time is a network round trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import resource
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
 from viewer_gateway.engine import SQLITE_CACHE_KIB
 from vna.index.engine import Pooling, create
+
+T = TypeVar("T")
 
 #: SQLite virtual-machine instructions between two calls of the progress handler.
 STEP = 1000
@@ -55,6 +62,16 @@ class LoopConnection:
         url = engine.url.render_as_string(hide_password=False)
         self.engine = create(url, Pooling(1, 0, SQLITE_CACHE_KIB))
         self._raw: Any = None
+        self.cold = False  # a search on the loop read from the disk; threads search for now
+
+    def in_thread(self, fn: Callable[[], T]) -> T:
+        """Run a search in a worker thread; one that reads nothing from the disk tells the
+        loop it may search again."""
+        blocks = _blocks_read()
+        result = fn()
+        if _blocks_read() == blocks:
+            self.cold = False
+        return result
 
     @staticmethod
     def serves(engine: Engine) -> bool:
@@ -78,6 +95,7 @@ class LoopConnection:
         driver.set_progress_handler(progress, STEP)
         cur = driver.cursor()
         broken = False
+        blocks = _blocks_read()
         try:
             cur.execute("BEGIN")
             yield cur
@@ -96,6 +114,8 @@ class LoopConnection:
                 broken = True
             if broken:
                 self.close()
+            if _blocks_read() != blocks:
+                self.cold = True
 
     def close(self) -> None:
         """Drop the connection (the next search opens another)."""
@@ -106,3 +126,11 @@ class LoopConnection:
     def dispose(self) -> None:
         self.close()
         self.engine.dispose()
+
+
+def _blocks_read() -> int:
+    """Blocks this thread has read from a disk (not from the page cache); 0 where the
+    system does not count them per thread."""
+    if not hasattr(resource, "RUSAGE_THREAD"):
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_THREAD).ru_inblock)

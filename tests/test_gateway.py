@@ -167,26 +167,33 @@ def test_patient_name_searches_are_served_by_the_name_index(loaded: Archive, val
     assert "ix_patients_patient_name_folded" in plan, plan
 
 
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions the gateway hands to its worker threads, in order."""
+    from viewer_gateway.threads import Workers
+
+    names: list[str] = []
+    run = Workers.run
+
+    async def counted(self: Workers, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        names.append(getattr(fn, "__name__", "?"))
+        return await run(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(Workers, "run", counted)
+    return names
+
+
 @pytest.mark.parametrize("budget", [0, None])
 def test_a_search_over_its_budget_on_the_event_loop_is_answered_from_a_thread(
-    loaded: Archive, budget: int | None, monkeypatch: pytest.MonkeyPatch
+    loaded: Archive, budget: int | None, monkeypatch: pytest.MonkeyPatch, hops: list[str]
 ) -> None:
     """On SQLite a search runs on the event loop until it needs more work than the loop may
     give it; then it runs again in a worker thread, with the same answer."""
     from viewer_gateway import inline
-    from viewer_gateway.threads import Workers
 
     if budget is not None:
         monkeypatch.setattr(inline, "BUDGET", budget)
         monkeypatch.setattr(inline, "STEP", 1)
-    hops: list[str] = []
-    run = Workers.run
-
-    async def counted(self: Workers, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(fn, "__name__", "?"))
-        return await run(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(Workers, "run", counted)
     c = client(loaded)
     (study,) = c.get("/dicomweb/studies?PatientName=m*").json()
     assert value(study, "00201208") == 6
@@ -197,23 +204,14 @@ def test_a_search_over_its_budget_on_the_event_loop_is_answered_from_a_thread(
 
 
 def test_after_a_search_on_the_event_loop_read_the_disk_threads_search_until_warm(
-    loaded: Archive, monkeypatch: pytest.MonkeyPatch
+    loaded: Archive, monkeypatch: pytest.MonkeyPatch, hops: list[str]
 ) -> None:
     """A search on the loop that read the index from the disk sends searches to worker
     threads, until one there reads nothing from the disk."""
     from viewer_gateway import inline
-    from viewer_gateway.threads import Workers
 
     if loaded.engine.dialect.name != "sqlite":
         pytest.skip("only SQLite searches run on the event loop")
-    hops: list[str] = []
-    run = Workers.run
-
-    async def counted(self: Workers, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(fn, "__name__", "?"))
-        return await run(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(Workers, "run", counted)
     # Blocks read: the first search on the loop reads one; after that, nothing more.
     reads = iter([0, 1])
     monkeypatch.setattr(inline, "_blocks_read", lambda: next(reads, 1))

@@ -148,7 +148,8 @@ def test_patient_name_searches_are_served_by_the_name_index(loaded: Archive, val
     """A name search with a fixed start reads the patient name index, not every study."""
     engine = loaded.engine
     (found,) = matching.terms(engine.dialect.name, [(BY_KEYWORD["PatientName"], value)], False)
-    compiled = matching._compiled_search(engine.dialect, Level.STUDY, ((found.key, found.form),))
+    shape = ((found.key, found.form, len(found.values)),)
+    compiled = matching._compiled_search(engine.dialect, Level.STUDY, shape)
     values = {f"t0_{n}": v for n, v in enumerate(found.values)}
     params = compiled.bind({"limit": 100, "offset": 0, **values})
     raw = engine.raw_connection()

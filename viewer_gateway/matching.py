@@ -52,6 +52,8 @@ TABLES = {
     Level.INSTANCE: schema.instances,
 }
 _P, _ST, _SE, _I = schema.patients, schema.studies, schema.series, schema.instances
+#: The UID column each level's computed attributes are keyed by (instances have none).
+KEYED_BY = {Level.STUDY: "study_uid", Level.SERIES: "series_uid"}
 #: Keys of the terms that are not attributes.
 MODALITIES = "ModalitiesInStudy"
 IN_STUDY, IN_SERIES = "scope:study", "scope:series"
@@ -61,8 +63,8 @@ class BadQuery(InvalidInput):
     reason = "bad-query"
 
 
-#: How a term matches: its kind and what else changes the SQL (a list's length, which
-#: ends a range has). Hashable: part of the key a compiled search is kept under.
+#: How a term matches: its kind and what else changes the SQL (which ends a range has).
+#: Hashable: with the number of values bound, part of the key a compiled search is kept under.
 Form = tuple[Any, ...]
 
 
@@ -109,7 +111,7 @@ def term(attr: Attribute, value: str, fuzzy: bool, sqlite: bool) -> Term | None:
             raise BadQuery(f"{key}: {value!r} is a list of no UIDs")
         for uid in uids:
             check_uid(uid, key)
-        return Term(key, ("in", len(uids)), uids)
+        return Term(key, ("in",), uids)
     if attr.match in (Match.DATE, Match.TIME):
         return _range(attr, value)
     if attr.match is Match.INTEGER:
@@ -132,7 +134,7 @@ def term(attr: Attribute, value: str, fuzzy: bool, sqlite: bool) -> Term | None:
 def _modalities(value: str) -> Term | None:
     """ModalitiesInStudy: studies with a series of any of the listed modalities."""
     mods = tuple(m for m in value.replace("\\", ",").split(",") if m and m != "*")
-    return Term(MODALITIES, ("in", len(mods)), mods) if mods else None
+    return Term(MODALITIES, ("in",), mods) if mods else None
 
 
 def _text(value: str, sqlite: bool) -> tuple[Form, tuple[str, ...]]:
@@ -264,12 +266,15 @@ class Compiled:
         return values if self.order is None else [values[name] for name in self.order]
 
 
-def _search_statement(level: Level, shape: tuple[tuple[str, Form], ...]) -> Select[Any]:
+#: A search's shape: per term, its key, its form and how many values it binds.
+Shape = tuple[tuple[str, Form, int], ...]
+
+
+def _search_statement(level: Level, shape: Shape) -> Select[Any]:
     """The search of one shape, each term's values as bind parameters t<k>_<n>."""
     p, st, se, i = _P, _ST, _SE, _I
     conds = []
-    for k, (key, form) in enumerate(shape):
-        count = _bound(form)
+    for k, (key, form, count) in enumerate(shape):
         conds.append(_clause(key, form, [bindparam(f"t{k}_{n}") for n in range(count)]))
     stmt: Select[Any]
     if level is Level.STUDY:
@@ -287,26 +292,8 @@ def _search_statement(level: Level, shape: tuple[tuple[str, Form], ...]) -> Sele
     return stmt.where(*conds).limit(limit).offset(offset)
 
 
-def _bound(form: Form) -> int:
-    """How many values a term of this form binds."""
-    kind = form[0]
-    if kind == "in":
-        return int(form[1])
-    if kind == "name":
-        return _bound(form[1]) + (2 if form[2] else 0)
-    if kind == "range":
-        return int(form[1]) + int(form[2] != 0)
-    if kind == "starts":
-        return 2
-    if kind == "glob":
-        return int(form[1]) + 1
-    return 1
-
-
 @functools.lru_cache(maxsize=SHAPES_KEPT)
-def _compiled_search(
-    dialect: Dialect, level: Level, shape: tuple[tuple[str, Form], ...]
-) -> Compiled:
+def _compiled_search(dialect: Dialect, level: Level, shape: Shape) -> Compiled:
     return Compiled.of(_search_statement(level, shape), dialect)
 
 
@@ -352,14 +339,14 @@ def search(
     terms: Sequence[Term],
     limit: int,
     offset: int,
-    key_column: str | None,
     reading: AbstractContextManager[Any] | None = None,
 ) -> Found:
-    """Run a search; `key_column` names the UID column the computed attributes are keyed by
-    (study_uid, series_uid, or None for instances, which have none). `reading` is the
-    cursor to run it with, in a read transaction; by default one on a pooled connection."""
+    """Run a search. `reading` is the cursor to run it with, in a read transaction; by
+    default one on a pooled connection."""
     dialect = engine.dialect
-    compiled = _compiled_search(dialect, level, tuple((t.key, t.form) for t in terms))
+    shape = tuple((t.key, t.form, len(t.values)) for t in terms)
+    compiled = _compiled_search(dialect, level, shape)
+    key_column = KEYED_BY.get(level)
     values: dict[str, Any] = {"limit": limit, "offset": offset}
     for k, t in enumerate(terms):
         values.update((f"t{k}_{n}", v) for n, v in enumerate(t.values))

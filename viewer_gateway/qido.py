@@ -140,8 +140,7 @@ def search(
     """Run a parsed query (with `reading`'s cursor, if given); return DICOM JSON objects."""
     dialect = engine.dialect.name
     terms = matching.terms(dialect, q.filters, q.fuzzy, scope.study_uid, scope.series_uid)
-    key = {Level.STUDY: "study_uid", Level.SERIES: "series_uid"}.get(q.level)
-    found = matching.search(engine, q.level, terms, q.limit, q.offset, key, reading)
+    found = matching.search(engine, q.level, terms, q.limit, q.offset, reading)
     plan = _Plan(q, found.columns, base_url)
     return [plan.render(row, found.computed.get(plan.key(row), {})) for row in found.rows]
 

@@ -52,6 +52,25 @@ def test_running_daemon_takes_new_files_without_a_rescan(
     assert not [p for p in archive.drop().rglob("*") if p.is_file()]
 
 
+def test_a_folder_moved_in_whole_is_taken_from_its_events(tmp_path: Path, index_url: str) -> None:
+    """One rename brings nested series folders: every file is taken once, from the events
+    of the folder and of what lies below it, and an ignored file below it is left alone."""
+    archive = make_archive(tmp_path, index_url, settle_seconds=0, rescan_seconds=3600)
+    export = tmp_path / "outside" / "export"
+    files = generate(export, SampleSpec(instances=12, per_series=4, rows=16, columns=16))
+    (files[0].parent / "partial.tmp").write_bytes(b"still being written")
+    outcomes = []
+    daemon = IngestDaemon(archive.settings, archive.engine, on_outcome=outcomes.append)
+    with in_thread(daemon.run, daemon.stop):
+        time.sleep(1.0)  # the start-up scan is over; only events can find what comes now
+        export.rename(archive.drop() / "export")
+        assert wait_for_instances(archive.engine, 12) == 12
+        time.sleep(0.5)
+    assert sorted(o.outcome for o in outcomes) == ["archived"] * 12
+    left = [p.name for p in archive.drop().rglob("*") if p.is_file()]
+    assert left == ["partial.tmp"]
+
+
 def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(
     tmp_path: Path, index_url: str
 ) -> None:

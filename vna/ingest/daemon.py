@@ -29,7 +29,7 @@ from vna.errors import TargetUnavailable
 from vna.ingest.coerce import Rules
 from vna.ingest.commit import Committer, Outcome, received_now
 from vna.ingest.prepare import Job, Prepared, Rejected, Result, Skipped, init_worker, prepare
-from vna.ingest.scan import Candidate, ignored, scan
+from vna.ingest.scan import Candidate, below, ignored, scan
 from vna.ingest.watch import Watchers
 from vna.layout import Layout
 from vna.quarantine import QuarantineStore, Reason
@@ -203,6 +203,14 @@ class IngestDaemon:
         heapq.heappush(self._due, (self._due_at(cand), cand.mtime, next(self._entries), cand.path))
 
     def _drain_hints(self, hints: queue.SimpleQueue[tuple[str, str, bool]]) -> None:
+        """Take in the files that events point at.
+
+        A folder moved in whole raises an event for itself and for every folder and
+        file below it: what lies below a folder this drain scanned is skipped (when a
+        file is taken, `_ready` looks at it again anyway).
+        """
+        scanned: list[str] = []  # folders scanned by this drain, as path prefixes
+        patterns = self.settings.ingest.ignore
         seen = 0
         while seen < 10000:
             try:
@@ -213,14 +221,16 @@ class IngestDaemon:
             src = self.sources.get(source)
             if src is None:
                 continue
-            rel = os.path.relpath(path, src.drop)
-            if rel.startswith("..") or any(
-                ignored(part, self.settings.ingest.ignore) for part in Path(rel).parts
-            ):
+            prefix = below(src.drop)
+            if not path.startswith(prefix) or any(path.startswith(d) for d in scanned):
+                continue
+            rel = path[len(prefix) :]
+            if any(ignored(part, patterns) for part in rel.split(os.sep)):
                 continue
             if is_dir:
-                for cand in scan(source, src.drop, self.settings.ingest.ignore, Path(path)):
+                for cand in scan(source, src.drop, patterns, Path(path)):
                     self._add(cand)
+                scanned.append(os.path.join(path, ""))
                 continue
             try:
                 st = os.stat(path)

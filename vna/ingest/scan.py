@@ -47,10 +47,17 @@ def ignored(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def below(root: Path) -> str:
+    """`root` as the prefix of the paths below it (the drop folders are normalized absolute
+    paths, and so are the paths of their entries and events)."""
+    return os.path.join(str(root), "")
+
+
 def scan(
     source: str, root: Path, patterns: Sequence[str], start: Path | None = None
 ) -> Iterator[Candidate]:
     """Every file below `start` (default: the whole drop folder), skipping ignored names."""
+    cut = len(below(root))
     stack = [start or root]
     while stack:
         folder = stack.pop()
@@ -68,7 +75,7 @@ def scan(
                     stack.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+                    rel = entry.path[cut:].replace(os.sep, "/")
                     yield Candidate(source, entry.path, rel, st.st_mtime, st.st_size)
             except FileNotFoundError:
                 continue

@@ -3,12 +3,17 @@ same, byte for byte."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import DataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from vna import part10
 
@@ -54,3 +59,30 @@ def test_a_file_that_grew_since_its_size_was_taken_is_not_read_whole(tmp_path: P
     size = source.stat().st_size
     assert part10._read_header(source, size, keep=True).data is not None
     assert part10._read_header(source, size - 1, keep=True).data is None
+
+
+@pytest.mark.parametrize(
+    "encodings", [None, "iso8859", "iso_ir_126", ["latin_1"], ["iso8859", "iso2022_jp"]]
+)
+@pytest.mark.parametrize("implicit, little", [(False, True), (True, True), (False, False)])
+def test_an_element_from_the_encoding_cache_is_what_pydicom_writes(
+    encodings: str | list[str] | None, implicit: bool, little: bool
+) -> None:
+    warnings.simplefilter("ignore")  # values the character set cannot hold: pydicom warns
+    elements = [
+        DataElement("InstitutionName", "LO", "Zürich Universitätsspital"),
+        DataElement("PatientName", "PN", "Yamada^Tarou=山田^太郎"),
+        DataElement("SOPClassUID", "UI", UID("1.2.840.10008.5.1.4.1.1.2")),
+        DataElement("FileMetaInformationVersion", "OB", b"\x00\x01"),
+        DataElement("StationName", "SH", ""),
+        DataElement("InstitutionAddress", "ST", "Αθήνα"),
+    ]
+    for elem in elements:
+        expected = DicomBytesIO()
+        expected.is_implicit_VR, expected.is_little_endian = implicit, little
+        write_data_element(expected, elem, encodings)
+        for _ in range(2):  # written, then taken from the cache
+            got = DicomBytesIO()
+            got.is_implicit_VR, got.is_little_endian = implicit, little
+            part10._write_element(got, elem, encodings)
+            assert got.getvalue() == expected.getvalue(), elem.keyword

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ from sqlalchemy import func, select
 from tests.conftest import Archive, in_thread, make_archive
 from vna.index import schema
 from vna.ingest.daemon import IngestDaemon
+from vna.ingest.watch import Watchers
 from vna.sample import SampleSpec, generate
+from vna.settings import SourceSettings
 
 
 def wait_for_instances(engine, n: int, timeout: float = 20.0) -> int:
@@ -91,3 +94,34 @@ def test_a_backlog_larger_than_max_pending_does_not_wait_for_the_next_rescan(
     generate(archive.drop(), SampleSpec(instances=14, rows=16, columns=16))
     with running(archive):
         assert wait_for_instances(archive.engine, 14) == 14
+
+
+def _hints_within(watchers: Watchers, seconds: float) -> list[tuple[str, str, bool]]:
+    got = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            got.append(watchers.hints.get(timeout=0.05))
+    return got
+
+
+def test_events_name_new_files_and_not_each_write_or_removal(tmp_path: Path) -> None:
+    """Each write to a file being written, and the removal of each archived file, would be
+    an event to take in and throw away: inotify is not asked for them."""
+    drop = tmp_path / "drop"
+    watchers = Watchers([SourceSettings(name="pacs-a", drop=drop)])
+    watchers.start()
+    try:
+        path = drop / "IM0001"
+        with path.open("wb") as fh:
+            for _ in range(20):
+                fh.write(b"\0" * 4096)
+                fh.flush()
+        written = _hints_within(watchers, 0.5)
+        path.unlink()
+        removed = _hints_within(watchers, 0.5)
+    finally:
+        watchers.stop()
+    assert written and all(hint == ("pacs-a", str(path), False) for hint in written)
+    assert len(written) <= 2  # created, closed
+    assert removed == []

@@ -11,7 +11,15 @@ import logging
 import queue
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -21,6 +29,12 @@ from vna.settings import SourceSettings
 logger = logging.getLogger(__name__)
 
 Hint = tuple[str, str, bool]  # (source, path, is_directory)
+
+# The events that point at a file to take. Left out, so that inotify does not even deliver
+# them: a removal (the daemon's own, one per file archived, and its folder's change with
+# it), and every write to a file being written: the settle rule looks at the file again
+# before it is taken, whatever the events said.
+WATCHED = [DirCreatedEvent, DirMovedEvent, FileCreatedEvent, FileClosedEvent, FileMovedEvent]
 
 
 class _Handler(FileSystemEventHandler):
@@ -37,7 +51,7 @@ class _Handler(FileSystemEventHandler):
                 path = getattr(event, "dest_path", "") or event.src_path
                 self.hints.put((self.source, str(path), True))
             return
-        if event.event_type in ("created", "modified", "closed", "moved"):
+        if event.event_type in ("created", "closed", "moved"):
             path = getattr(event, "dest_path", "") or event.src_path
             self.hints.put((self.source, str(path), False))
 
@@ -55,7 +69,9 @@ class Watchers:
                 observer = PollingObserver(timeout=src.poll_seconds)
             else:
                 observer = Observer()
-            observer.schedule(_Handler(src.name, self.hints), str(src.drop), recursive=True)
+            observer.schedule(
+                _Handler(src.name, self.hints), str(src.drop), recursive=True, event_filter=WATCHED
+            )
             self._observers.append(observer)
 
     def start(self) -> None:

@@ -10,8 +10,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
+from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
@@ -86,3 +88,39 @@ def test_an_element_from_the_encoding_cache_is_what_pydicom_writes(
             got.is_implicit_VR, got.is_little_endian = implicit, little
             part10._write_element(got, elem, encodings)
             assert got.getvalue() == expected.getvalue(), elem.keyword
+
+
+def _original_attributes(when: str, previous: DataElement) -> DataElement:
+    modified = Dataset()
+    modified.add(previous)
+    item = Dataset()
+    item.AttributeModificationDateTime = when
+    item.ModifyingSystem = "VNA"
+    item.ModifiedAttributesSequence = Sequence([modified])
+    return DataElement("OriginalAttributesSequence", "SQ", Sequence([item]))
+
+
+@pytest.mark.parametrize("implicit, little", [(False, True), (True, True), (False, False)])
+def test_a_sequence_from_the_encoding_cache_is_what_pydicom_writes_for_its_content(
+    implicit: bool, little: bool
+) -> None:
+    """Sequences that differ only deep inside are told apart; one holding an element whose
+    VR depends on the dataset around it is not taken from the cache."""
+    sequences = [
+        _original_attributes("20261204120000", DataElement("IssuerOfPatientID", "LO", None)),
+        _original_attributes("20261204120000", DataElement("IssuerOfPatientID", "LO", "A")),
+        _original_attributes("20261204120001", DataElement("IssuerOfPatientID", "LO", "A")),
+        _original_attributes("20261204120001", DataElement("IssuerOfPatientID", "LO", "")),
+        _original_attributes("20261204120001", DataElement("StationName", "SH", "A")),
+        _original_attributes(
+            "20261204120001", DataElement("SmallestImagePixelValue", "US or SS", b"\x01\x00")
+        ),
+    ]
+    for elem in sequences * 2:  # each written, then taken from the cache
+        expected = DicomBytesIO()
+        expected.is_implicit_VR, expected.is_little_endian = implicit, little
+        write_data_element(expected, elem, ["iso8859"])
+        got = DicomBytesIO()
+        got.is_implicit_VR, got.is_little_endian = implicit, little
+        part10._write_element(got, elem, ["iso8859"])
+        assert got.getvalue() == expected.getvalue()

@@ -9,6 +9,7 @@ events in between.
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import itertools
 import logging
@@ -293,7 +294,11 @@ class IngestDaemon:
         ready = self._ready(room * CHUNK)
         staging = str(self.layout.staging_dir())
         for i in range(0, len(ready), CHUNK):
-            jobs = [self._job(c, staging) for c in ready[i : i + CHUNK]]
+            # The files of a chunk are taken at one time: what the archive adds to each
+            # (the received time in its provenance and Original Attributes) then repeats
+            # within the chunk, and the worker encodes it once.
+            received = received_now()
+            jobs = [self._job(c, staging, received) for c in ready[i : i + CHUNK]]
             self.busy.update(j.path for j in jobs)
             self._submitted += len(jobs)
             if self._pool is None:
@@ -303,7 +308,7 @@ class IngestDaemon:
                 fut = self._pool.submit(prepare_many, jobs)
             self.in_flight[fut] = jobs
 
-    def _job(self, cand: Candidate, staging: str) -> Job:
+    def _job(self, cand: Candidate, staging: str, received: dt.datetime) -> Job:
         return Job(
             source=cand.source,
             path=cand.path,
@@ -311,7 +316,7 @@ class IngestDaemon:
             rules=self.rules[cand.source],
             staging=staging,
             durable=self.layout.fsync_each_staged,
-            received=received_now(),
+            received=received,
         )
 
     def _collect(self, timeout: float) -> list[Result]:

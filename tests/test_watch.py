@@ -13,7 +13,9 @@ from sqlalchemy import func, select
 
 from tests.conftest import Archive, in_thread, make_archive
 from vna.index import schema
+from vna.ingest import daemon as daemon_module
 from vna.ingest.daemon import IngestDaemon
+from vna.ingest.scan import Candidate
 from vna.ingest.watch import Watchers
 from vna.sample import SampleSpec, generate
 from vna.settings import SourceSettings
@@ -125,3 +127,28 @@ def test_events_name_new_files_and_not_each_write_or_removal(tmp_path: Path) -> 
     assert written and all(hint == ("pacs-a", str(path), False) for hint in written)
     assert len(written) <= 2  # created, closed
     assert removed == []
+
+
+def test_a_file_written_into_a_folder_after_its_scan_is_taken_from_its_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder's event has the daemon scan it; a file written into it just after that scan
+    is not among what the scan found, and is taken from its own event in the same drain."""
+    archive = make_archive(tmp_path, f"sqlite:///{tmp_path}/index.db", settle_seconds=0)
+    series = archive.drop() / "S1"
+    series.mkdir(parents=True)
+    (series / "IM1").write_bytes(b"first")
+    late = series / "IM2"
+    scan = daemon_module.scan
+
+    def scan_then_write(*args: object, **kwargs: object) -> Iterator[Candidate]:
+        yield from scan(*args, **kwargs)  # type: ignore[arg-type]
+        late.write_bytes(b"written after the listing")
+
+    monkeypatch.setattr(daemon_module, "scan", scan_then_write)
+    daemon = IngestDaemon(archive.settings, archive.engine)
+    hints: queue.SimpleQueue[tuple[str, str, bool]] = queue.SimpleQueue()
+    for hint in [(str(series), True), (str(series / "IM1"), False), (str(late), False)]:
+        hints.put(("pacs-a", *hint))
+    daemon._drain_hints(hints)
+    assert sorted(Path(p).name for p in daemon.pending) == ["IM1", "IM2"]

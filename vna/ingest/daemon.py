@@ -207,10 +207,12 @@ class IngestDaemon:
         """Take in the files that events point at.
 
         A folder moved in whole raises an event for itself and for every folder and
-        file below it: what lies below a folder this drain scanned is skipped (when a
-        file is taken, `_ready` looks at it again anyway).
+        file below it: a file or folder that a scan of this drain already found is
+        skipped (when a file is taken, `_ready` looks at it again anyway). A file
+        written into a folder after its scan is not among them, and is taken from
+        its own event.
         """
-        scanned: list[str] = []  # folders scanned by this drain, as path prefixes
+        found: set[str] = set()  # files and folders found by this drain's scans
         patterns = self.settings.ingest.ignore
         seen = 0
         while seen < 10000:
@@ -223,15 +225,17 @@ class IngestDaemon:
             if src is None:
                 continue
             prefix = below(src.drop)
-            if not path.startswith(prefix) or any(path.startswith(d) for d in scanned):
+            if not path.startswith(prefix) or path in found:
                 continue
             rel = path[len(prefix) :]
             if any(ignored(part, patterns) for part in rel.split(os.sep)):
                 continue
             if is_dir:
+                found.add(path)
                 for cand in scan(source, src.drop, patterns, Path(path)):
+                    found.add(cand.path)
+                    found.add(os.path.dirname(cand.path))
                     self._add(cand)
-                scanned.append(os.path.join(path, ""))
                 continue
             try:
                 st = os.stat(path)

@@ -101,3 +101,41 @@ def test_interrupted_replacement_puts_the_archived_version_back(
     held = [p for p in (archive.settings.archive.quarantine / "pacs-a").glob("*")]
     assert held == []  # the superseded copy went back; nothing claims it was replaced
     assert list(verify(archive.engine, Layout(archive.settings.archive.root))) == []
+
+
+@pytest.mark.parametrize("batch_sync", [True, False])
+def test_a_batchs_journal_is_durable_before_its_first_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_sync: bool
+) -> None:
+    """With a syncfs per batch, that syncfs (before any rename) makes the journal durable;
+    with staged files fsynced one by one, the journal is fdatasynced itself."""
+    import vna.layout
+    from vna.ingest import journal
+
+    monkeypatch.setattr(vna.layout, "batch_sync_available", lambda root: batch_sync)
+    archive = make_archive(tmp_path, f"sqlite:///{tmp_path}/index.db")
+    generate(archive.drop(), SampleSpec(instances=3, rows=16, columns=16))
+    events: list[str] = []
+    real_write, real_syncfs, real_place = journal.write, vna.layout.syncfs, Layout.place
+
+    def write(folder: Path, intents: list[journal.Intent], durable: bool) -> None:
+        events.append(f"journal durable={durable}")
+        real_write(folder, intents, durable)
+
+    def syncfs(fd: int) -> None:
+        events.append("syncfs")
+        real_syncfs(fd)
+
+    def place(self: Layout, staged: Path, relpath: str) -> set[Path]:
+        events.append("rename")
+        return real_place(self, staged, relpath)
+
+    monkeypatch.setattr(journal, "write", write)
+    monkeypatch.setattr(vna.layout, "syncfs", syncfs)
+    monkeypatch.setattr(Layout, "place", place)
+    archive.ingest()
+    archive.engine.dispose()
+    first = events.index("rename")
+    expected = ["journal durable=False", "syncfs"] if batch_sync else ["journal durable=True"]
+    assert events[:first] == expected
+    assert events[first:] == ["rename"] * 3

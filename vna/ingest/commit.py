@@ -3,10 +3,11 @@
 Order is what makes a crash harmless (see DESIGN.md, invariants 1 and 2):
   1. decide each file against the index: new, duplicate, conflict;
   2. quarantine entries (and superseded versions) are written whole;
-  3. the journal of intended layout paths is made durable;
-  4. the staged files are made durable (one syncfs for the batch where the
-     kernel reports write-back errors through it, else fsynced by the workers),
-     then renamed into the layout, folders fsynced;
+  3. the journal of intended layout paths is written;
+  4. the staged files and the journal are made durable (one syncfs for the
+     batch where the kernel reports write-back errors through it; else the
+     workers fsynced each file and the journal is fdatasynced), then the files
+     are renamed into the layout, folders fsynced;
   5. index rows, change-feed rows, duplicate and quarantine rows commit in
      one transaction;
   6. only then are the drop files removed (or moved).
@@ -118,7 +119,9 @@ class Committer:
         staging = self.layout.staging_dir()
         durable = self.settings.archive.fsync
         if batch.intents:
-            journal.write(staging, batch.intents, durable)
+            # The batch's syncfs, before the first rename, makes the journal durable too.
+            covered = bool(batch.placements) and self.layout.batch_sync
+            journal.write(staging, batch.intents, durable and not covered)
         dirs: set[Path] = set()
         try:
             if batch.placements:

@@ -124,3 +124,18 @@ def test_a_sequence_from_the_encoding_cache_is_what_pydicom_writes_for_its_conte
         got.is_implicit_VR, got.is_little_endian = implicit, little
         part10._write_element(got, elem, ["iso8859"])
         assert got.getvalue() == expected.getvalue()
+
+
+def test_a_large_value_is_written_but_not_kept_in_the_encoding_cache() -> None:
+    """A coercion removing an encapsulated document records it in the Original Attributes
+    Sequence: encoding it must not keep megabytes per distinct file in every worker."""
+    previous = DataElement("EncapsulatedDocument", "OB", b"%PDF" + b"\0" * (1 << 20))
+    elem = _original_attributes("20261204120000", previous)
+    expected = DicomBytesIO()
+    expected.is_implicit_VR, expected.is_little_endian = False, True
+    write_data_element(expected, elem)
+    got = DicomBytesIO()
+    got.is_implicit_VR, got.is_little_endian = False, True
+    part10._write_element(got, elem)
+    assert got.getvalue() == expected.getvalue()
+    assert max(map(len, part10._ENCODED.values()), default=0) < 1 << 20

@@ -506,15 +506,18 @@ def _write_element(
 #: Encoded elements, least recently used first (`_write_element`).
 _ENCODED: OrderedDict[Hashable, bytes] = OrderedDict()
 ENCODED_KEPT = 512
-_CACHED_VALUE_TYPES = (str, bytes, UID)
+#: Longer values are not kept: a coercion that removes a large element (an encapsulated
+#: document) records it in the Original Attributes Sequence, which would then be kept whole.
+CACHED_VALUE_MAX = 1024
 _NO_VALUE = ("no value",)
 
 
 def _value_key(elem: DataElement) -> Hashable | None:
     """All that an element's encoding depends on besides its tag, its VR and the file's
-    encoding; None when that is not known for sure (a value of another type, a value
-    not yet converted from the file) or depends on the dataset around it (an ambiguous
-    VR, settled by the pixel representation)."""
+    encoding; None for a value not worth keeping (longer than CACHED_VALUE_MAX), when
+    that is not known for sure (a value of another type, a value not yet converted from
+    the file) or depends on the dataset around it (an ambiguous VR, settled by the pixel
+    representation)."""
     if " or " in elem.VR:
         return None
     if elem.VR == VR.SQ:
@@ -535,7 +538,9 @@ def _value_key(elem: DataElement) -> Hashable | None:
     value = elem.value
     if value is None:
         return _NO_VALUE
-    return value if type(value) in _CACHED_VALUE_TYPES else None
+    if isinstance(value, str | bytes) and len(value) <= CACHED_VALUE_MAX:
+        return value
+    return None
 
 
 def content_digest(header: Header, path: Path) -> str:

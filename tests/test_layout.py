@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vna.layout import InvalidUID, check_uid, instance_relpath, parse_relpath
@@ -106,3 +108,37 @@ def test_batch_sync_only_on_local_file_systems_known_to_report_errors(tmp_path) 
         "/srv/vna/fast disk/archive",
         "/srv/vnax",
     }
+
+
+def test_staging_folders_are_spread_over_ext4_block_groups(tmp_path: Path) -> None:
+    """The staging base folder is a top directory (chattr +T) where the file system takes
+    the flag, so that ext4 places each process's staging folder in a block group of its own
+    choosing, away from a drop folder whose removed files would slow every new inode."""
+    import array
+    import fcntl
+    import os
+
+    from vna.durability import file_system_type
+    from vna.layout import FS_IOC_GETFLAGS, FS_TOPDIR_FL, STAGING, Layout
+
+    if file_system_type(tmp_path) != "ext4":
+        pytest.skip("the top-directory flag is an ext2/3/4 one")
+    layout = Layout(tmp_path / "archive")
+    staging = layout.staging_dir()
+    try:
+        fd = os.open(tmp_path / "archive" / STAGING, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = array.array("i", [0])
+            fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+        finally:
+            os.close(fd)
+        assert flags[0] & FS_TOPDIR_FL
+        assert staging.parent == tmp_path / "archive" / STAGING
+    finally:
+        layout.close()
+
+
+def test_spreading_subfolders_is_best_effort(tmp_path: Path) -> None:
+    from vna.layout import spread_subfolders
+
+    assert spread_subfolders(tmp_path / "missing") is False

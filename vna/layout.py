@@ -10,6 +10,7 @@ followed by an fsync of every folder the rename touched.
 
 from __future__ import annotations
 
+import array
 import fcntl
 import functools
 import os
@@ -120,6 +121,42 @@ def makedirs_durable(path: Path, durable: bool = True) -> list[Path]:
     return changed
 
 
+# From linux/fs.h: the inode flags ioctls, and the flag chattr +T sets.
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
+
+
+def spread_subfolders(folder: Path) -> bool:
+    """Mark `folder` a top directory (chattr +T), so that ext4 places each folder made
+    below it in a block group of its own choosing, as it does for /home. Best effort:
+    False where the file system does not take the flag.
+
+    Why staging wants it: ext4 without a journal skips, for every inode it allocates, each
+    free inode of the block group that was deleted in the last minutes, scanning the group
+    from its start. The ingest removes each drop file around the time it creates the staged
+    file of the next; with both in one block group (a drop folder next to the archive),
+    every new file scanned every drop file removed before it, and creating 1,000 files
+    while removing 1,000 took 0.4 s of kernel time instead of 0.05 s. Files staged in a
+    folder of another group are not slowed by the drop folder's removals.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+        if not flags[0] & FS_TOPDIR_FL:
+            flags[0] |= FS_TOPDIR_FL
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags)
+        return True
+    except OSError:  # not ext2/3/4 (ENOTTY, EOPNOTSUPP), or not ours to change (EPERM)
+        return False
+    finally:
+        os.close(fd)
+
+
 class Layout:
     """Tier 0 on a local (or mounted) filesystem."""
 
@@ -140,8 +177,11 @@ class Layout:
         owner is gone, robust against PID reuse.
         """
         if self._staging is None:
-            d = self.root / STAGING / f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
-            d.mkdir(parents=True, exist_ok=True)
+            base = self.root / STAGING
+            base.mkdir(parents=True, exist_ok=True)
+            spread_subfolders(base)
+            d = base / f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+            d.mkdir(exist_ok=True)
             fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._staging = (d, fd)

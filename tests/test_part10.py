@@ -4,7 +4,9 @@ same, byte for byte."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -63,6 +65,19 @@ def test_a_file_that_grew_since_its_size_was_taken_is_not_read_whole(tmp_path: P
     assert part10._read_header(source, size - 1, keep=True).data is None
 
 
+def _written(
+    write: Callable[[DicomBytesIO, DataElement, Any], None],
+    elem: DataElement,
+    encodings: str | list[str] | None,
+    implicit: bool,
+    little: bool,
+) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    write(fp, elem, encodings)
+    return fp.getvalue()
+
+
 @pytest.mark.parametrize(
     "encodings", [None, "iso8859", "iso_ir_126", ["latin_1"], ["iso8859", "iso2022_jp"]]
 )
@@ -80,14 +95,10 @@ def test_an_element_from_the_encoding_cache_is_what_pydicom_writes(
         DataElement("InstitutionAddress", "ST", "Αθήνα"),
     ]
     for elem in elements:
-        expected = DicomBytesIO()
-        expected.is_implicit_VR, expected.is_little_endian = implicit, little
-        write_data_element(expected, elem, encodings)
+        expected = _written(write_data_element, elem, encodings, implicit, little)
         for _ in range(2):  # written, then taken from the cache
-            got = DicomBytesIO()
-            got.is_implicit_VR, got.is_little_endian = implicit, little
-            part10._write_element(got, elem, encodings)
-            assert got.getvalue() == expected.getvalue(), elem.keyword
+            got = _written(part10._write_element, elem, encodings, implicit, little)
+            assert got == expected, elem.keyword
 
 
 def _original_attributes(when: str, previous: DataElement) -> DataElement:
@@ -117,13 +128,8 @@ def test_a_sequence_from_the_encoding_cache_is_what_pydicom_writes_for_its_conte
         ),
     ]
     for elem in sequences * 2:  # each written, then taken from the cache
-        expected = DicomBytesIO()
-        expected.is_implicit_VR, expected.is_little_endian = implicit, little
-        write_data_element(expected, elem, ["iso8859"])
-        got = DicomBytesIO()
-        got.is_implicit_VR, got.is_little_endian = implicit, little
-        part10._write_element(got, elem, ["iso8859"])
-        assert got.getvalue() == expected.getvalue()
+        expected = _written(write_data_element, elem, ["iso8859"], implicit, little)
+        assert _written(part10._write_element, elem, ["iso8859"], implicit, little) == expected
 
 
 def test_a_large_value_is_written_but_not_kept_in_the_encoding_cache() -> None:
@@ -131,11 +137,6 @@ def test_a_large_value_is_written_but_not_kept_in_the_encoding_cache() -> None:
     Sequence: encoding it must not keep megabytes per distinct file in every worker."""
     previous = DataElement("EncapsulatedDocument", "OB", b"%PDF" + b"\0" * (1 << 20))
     elem = _original_attributes("20261204120000", previous)
-    expected = DicomBytesIO()
-    expected.is_implicit_VR, expected.is_little_endian = False, True
-    write_data_element(expected, elem)
-    got = DicomBytesIO()
-    got.is_implicit_VR, got.is_little_endian = False, True
-    part10._write_element(got, elem)
-    assert got.getvalue() == expected.getvalue()
+    expected = _written(write_data_element, elem, None, False, True)
+    assert _written(part10._write_element, elem, None, False, True) == expected
     assert max(map(len, part10._ENCODED.values()), default=0) < 1 << 20

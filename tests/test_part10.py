@@ -4,9 +4,7 @@ same, byte for byte."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
@@ -66,15 +64,12 @@ def test_a_file_that_grew_since_its_size_was_taken_is_not_read_whole(tmp_path: P
 
 
 def _written(
-    write: Callable[[DicomBytesIO, DataElement, Any], None],
-    elem: DataElement,
-    encodings: str | list[str] | None,
-    implicit: bool,
-    little: bool,
+    elem: DataElement, encodings: str | list[str] | None, implicit: bool, little: bool
 ) -> bytes:
+    """What pydicom's writer writes for `elem`."""
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
-    write(fp, elem, encodings)
+    write_data_element(fp, elem, encodings)
     return fp.getvalue()
 
 
@@ -95,9 +90,9 @@ def test_an_element_from_the_encoding_cache_is_what_pydicom_writes(
         DataElement("InstitutionAddress", "ST", "Αθήνα"),
     ]
     for elem in elements:
-        expected = _written(write_data_element, elem, encodings, implicit, little)
+        expected = _written(elem, encodings, implicit, little)
         for _ in range(2):  # written, then taken from the cache
-            got = _written(part10._write_element, elem, encodings, implicit, little)
+            got = part10._encoded_element(elem, implicit, little, encodings)
             assert got == expected, elem.keyword
 
 
@@ -128,8 +123,8 @@ def test_a_sequence_from_the_encoding_cache_is_what_pydicom_writes_for_its_conte
         ),
     ]
     for elem in sequences * 2:  # each written, then taken from the cache
-        expected = _written(write_data_element, elem, ["iso8859"], implicit, little)
-        assert _written(part10._write_element, elem, ["iso8859"], implicit, little) == expected
+        expected = _written(elem, ["iso8859"], implicit, little)
+        assert part10._encoded_element(elem, implicit, little, ["iso8859"]) == expected
 
 
 def test_a_large_value_is_written_but_not_kept_in_the_encoding_cache() -> None:
@@ -137,6 +132,6 @@ def test_a_large_value_is_written_but_not_kept_in_the_encoding_cache() -> None:
     Sequence: encoding it must not keep megabytes per distinct file in every worker."""
     previous = DataElement("EncapsulatedDocument", "OB", b"%PDF" + b"\0" * (1 << 20))
     elem = _original_attributes("20261204120000", previous)
-    expected = _written(write_data_element, elem, None, False, True)
-    assert _written(part10._write_element, elem, None, False, True) == expected
+    expected = _written(elem, None, False, True)
+    assert part10._encoded_element(elem, False, True) == expected
     assert max(map(len, part10._ENCODED.values()), default=0) < 1 << 20

@@ -54,6 +54,26 @@ def test_a_file_in_memory_or_read_in_parts_is_archived_the_same(tmp_path: Path, 
         assert ds.PixelData == original.PixelData
 
 
+def test_empty_elements_as_read_leave_the_header_spliced(tmp_path: Path) -> None:
+    """This implicit-VR file has runs of empty elements next to each other. Finding where
+    each element lies must not convert them (converted, they lose their offsets and the
+    header was rewritten whole); every element but the touched one is copied as read."""
+    source = Path(str(get_testdata_file("MR_small_implicit.dcm")))
+    header = part10.read_header(source, keep=True)
+    assert header.spans is not None and len(header.spans) == len(header.dataset)
+    first = header.content_offset
+    header.dataset.PatientName = "Changed^Name"
+    name = int(Tag("PatientName"))
+    part10.write_archived(header, source, tmp_path / "a.dcm", durable=False, touched={name})
+    before = source.read_bytes()
+    after = (tmp_path / "a.dcm").read_bytes()
+    start, stop = header.spans[name]
+    at = after.index(before[first:start])  # everything before the name, copied
+    assert after[at + start - first :].startswith(b"\x10\x00\x10\x00")
+    assert after.endswith(before[stop:])  # everything after it, pixel data included
+    assert after[:128] == bytes(128)
+
+
 def test_a_file_that_grew_since_its_size_was_taken_is_not_read_whole(tmp_path: Path) -> None:
     """Only as many bytes as the file had are read into memory; one still growing is read in
     parts (and its stat, taken again after, tells the ingest it changed)."""

@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -177,13 +177,12 @@ def _element_spans(
     element pydicom already converted (Specific Character Set) lies between its
     neighbours. Any gap or overlap means the header is rewritten whole instead.
     """
-    tags = list(ds.keys())
+    tags = [int(tag) for tag in ds.keys()]  # noqa: SIM118 (iterating a Dataset converts)
     if not tags:
         return None
     starts: list[int | None] = []
     ends: list[int | None] = []
-    for tag in tags:
-        elem = ds.get_item(tag)
+    for elem in ds.values():
         tell = getattr(elem, "value_tell", None)
         length = getattr(elem, "length", None)
         if tell is None or length is None:
@@ -362,9 +361,10 @@ def _content_offset(fh: BinaryIO, meta: FileMetaDataset | None, little: bool) ->
     return 0
 
 
-#: Tags of the file meta group, looked up once: `Tag(keyword)` costs 2 µs.
+#: Tags of the file meta group, looked up once (`Tag(keyword)` costs 2 µs), as plain
+#: ints: pydicom's tag type compares in Python.
 _META = {
-    keyword: Tag(keyword)
+    keyword: int(Tag(keyword))
     for keyword in (
         "FileMetaInformationGroupLength",
         "FileMetaInformationVersion",
@@ -378,7 +378,7 @@ _META = {
     )
 }
 
-MetaElements = list[tuple[BaseTag, str, str | bytes]]
+MetaElements = list[tuple[int, str, str | bytes]]
 
 
 def file_meta_elements(ds: Dataset, syntax: UID, original: FileMetaDataset | None) -> MetaElements:
@@ -479,7 +479,7 @@ def _spliced_header(
     implicit, little, encodings = header.implicit_vr, header.little_endian, ds._character_set
     touched_groups = {t >> 16 for t in touched}
     base = header.content_offset
-    present = set(ds.keys())
+    present = {int(tag) for tag in ds.keys()}  # noqa: SIM118
     run_start = run_end = base
     for tag in sorted(spans.keys() | present):
         if tag & 0xFFFF == 0 and tag >> 16 in touched_groups:

@@ -95,7 +95,7 @@ def apply(ds: Dataset, rules: Rules, received: dt.datetime, content_digest: str)
 
 
 DT_FORMAT = "%Y%m%d%H%M%S.%f%z"
-_ORIGINAL_ATTRIBUTES = Tag("OriginalAttributesSequence")
+_ORIGINAL_ATTRIBUTES = int(Tag("OriginalAttributesSequence"))
 
 
 def _copy_element(elem: DataElement) -> DataElement:

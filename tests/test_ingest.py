@@ -462,3 +462,40 @@ def test_staged_files_the_disk_failed_to_write_are_never_placed(
 
     monkeypatch.setattr(vna.layout, "syncfs", syncfs)
     _ingest_through_a_fault(archive, failing, calls)
+
+
+def test_files_are_prepared_while_a_batch_commits(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's commit (syncfs, index, drop files removed) runs beside the preparing of the
+    next files, not in its place: while the first commit is held, every file is prepared."""
+    from vna.ingest import daemon
+    from vna.ingest.commit import Committer
+
+    archive = make_archive(tmp_path, index_url, batch_size=8)
+    generate(archive.drop(), SampleSpec(instances=40, per_series=20, rows=16, columns=16))
+    prepared: list[object] = []
+    real_prepare_many = daemon.prepare_many
+
+    def prepare_many(jobs: list[Any]) -> list[Any]:
+        prepared.extend(jobs)
+        return real_prepare_many(jobs)
+
+    held: list[int] = []
+    real_commit = Committer.commit
+
+    def commit(self: Committer, results: Any) -> Any:
+        if not held:
+            deadline = time.monotonic() + 10
+            while len(prepared) < 40 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            held.append(len(prepared))
+        return real_commit(self, results)
+
+    monkeypatch.setattr(daemon, "prepare_many", prepare_many)
+    monkeypatch.setattr(Committer, "commit", commit)
+    outcomes = archive.ingest()
+
+    assert held == [40]
+    assert sorted(o.outcome for o in outcomes) == ["archived"] * 40
+    assert layout_problems(archive) == []

@@ -1,7 +1,8 @@
 """The ingest daemon: from drop folders to layout and index, one batch at a time.
 
 Worker processes prepare files in parallel (parse, coerce, write a staged copy,
-hash); this process commits their results in batches (`commit.Committer`), so
+hash); this process commits their results in batches (`commit.Committer`), on
+a thread of its own (`commit_thread`) while the loop keeps the workers fed, so
 the index sees one writer per daemon and one transaction per batch. Candidates
 come from a scan at start, a rescan every `rescan_seconds`, and file-system
 events in between.
@@ -26,10 +27,10 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from vna import digest
-from vna.errors import TargetUnavailable
 from vna.ingest.coerce import Rules
 from vna.ingest.commit import Committer, Outcome, received_now
-from vna.ingest.prepare import Job, Prepared, Rejected, Result, Skipped, init_worker, prepare
+from vna.ingest.commit_thread import Committed, CommitThread
+from vna.ingest.prepare import Job, Rejected, Result, Skipped, init_worker, prepare
 from vna.ingest.scan import Candidate, below, ignored, scan
 from vna.ingest.watch import Watchers
 from vna.layout import Layout
@@ -39,6 +40,10 @@ from vna.settings import Settings, SourceSettings
 logger = logging.getLogger(__name__)
 
 CHUNK = 8  # files per worker task
+#: Batches handed to the commit thread before no more work goes to the workers: one
+#: being committed, one waiting. More would only pile up staged files while the index
+#: is down.
+MAX_COMMITS_WAITING = 2
 MAX_CRASHES = 3  # a file that kills a worker this often is quarantined
 DEFER_SECONDS = 5.0
 
@@ -105,9 +110,9 @@ class IngestDaemon:
         if watchers:
             watchers.start()
         self._start_pool()
+        commits = CommitThread(self.committer, self.stop_event)
         results: list[Result] = []
         next_rescan = 0.0
-        backoff = 1.0
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
@@ -116,26 +121,18 @@ class IngestDaemon:
                     next_rescan = now + ingest.rescan_seconds
                 if watchers:
                     self._drain_hints(watchers.hints)
-                self._submit()
-                results.extend(self._collect(timeout=0.2 if self.in_flight else 0))
-                flush = len(results) >= ingest.batch_size or (results and not self.in_flight)
-                if flush:
-                    try:
-                        self._commit(results)
-                        backoff = 1.0
-                    except Exception as exc:  # the daemon outlives any one batch
-                        if isinstance(exc, TargetUnavailable):
-                            logger.error("index unavailable, retrying in %.0fs: %s", backoff, exc)
-                        else:
-                            logger.exception("batch failed, retrying in %.0fs", backoff)
-                        for r in results:
-                            self._defer(r.job.path)
-                            if isinstance(r, Prepared):
-                                Path(r.staged).unlink(missing_ok=True)
-                        self.stop_event.wait(backoff)
-                        backoff = min(backoff * 2, 60.0)
+                self._apply(commits.take())
+                if commits.outstanding < MAX_COMMITS_WAITING:
+                    self._submit()
+                if self.in_flight:
+                    results.extend(self._collect(timeout=0.2))
+                elif commits.outstanding:
+                    self._apply(commits.take(timeout=0.2))
+                if len(results) >= ingest.batch_size or (results and not self.in_flight):
+                    commits.put(results)
                     results = []
-                if not self.in_flight and not results and not self._submitted:
+                busy = self.in_flight or results or self._submitted or commits.outstanding
+                if not busy:
                     if once and not self.pending:
                         self._rescan()
                         if not self.pending:
@@ -143,7 +140,8 @@ class IngestDaemon:
                     self._idle(watchers)
         finally:
             if results:
-                self._commit(results)
+                commits.put(results)
+            self._apply(commits.close())
             self._shutdown_pool()
             if watchers:
                 watchers.stop()
@@ -374,21 +372,23 @@ class IngestDaemon:
             )
         return out
 
-    def _commit(self, results: list[Result]) -> None:
-        try:
-            outcomes = self.committer.commit(results)
-        finally:
-            self._release(r.job.path for r in results)
-        for outcome in outcomes:
-            self.counts[outcome.outcome] += 1
-            if outcome.outcome == "deferred":
-                self._defer(outcome.path)
-            else:
-                self.pending.pop(outcome.path, None)
-            if outcome.outcome != "deferred":
-                outcome.log()
-            if self.on_outcome:
-                self.on_outcome(outcome)
+    def _apply(self, committed: list[Committed]) -> None:
+        """What the commit thread made of each batch, applied to the daemon's state."""
+        for batch in committed:
+            self._release(r.job.path for r in batch.results)
+            if batch.outcomes is None:  # failed: every file is taken again after a while
+                for r in batch.results:
+                    self._defer(r.job.path)
+                continue
+            for outcome in batch.outcomes:
+                self.counts[outcome.outcome] += 1
+                if outcome.outcome == "deferred":
+                    self._defer(outcome.path)
+                else:
+                    self.pending.pop(outcome.path, None)
+                    outcome.log()
+                if self.on_outcome:
+                    self.on_outcome(outcome)
 
     def _defer(self, path: str) -> None:
         cand = self.pending.get(path)

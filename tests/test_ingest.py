@@ -499,3 +499,47 @@ def test_files_are_prepared_while_a_batch_commits(
     assert held == [40]
     assert sorted(o.outcome for o in outcomes) == ["archived"] * 40
     assert layout_problems(archive) == []
+
+
+def test_a_failed_batch_whose_staged_files_cannot_be_removed_is_retried(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk that failed a batch may refuse the removal of its staged files too (remounted
+    read-only): the batch is still handed back as failed, and taken again once the fault
+    clears, instead of the commit thread ending and the daemon waiting for it for ever."""
+    import errno
+
+    from vna.ingest.commit import Committer
+    from vna.layout import STAGING
+
+    generate(archive.drop(), SMALL)
+    failing = threading.Event()
+    failing.set()
+    tries: list[object] = []
+    real_commit = Committer.commit
+    real_unlink = Path.unlink
+
+    def commit(self: Committer, results: Any) -> Any:
+        if failing.is_set():
+            tries.append(len(results))
+            raise OSError(errno.EIO, "Input/output error")
+        return real_commit(self, results)
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if failing.is_set() and STAGING in self.parts:
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Committer, "commit", commit)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    _ingest_through_a_fault(archive, failing, tries)
+
+
+def test_an_in_memory_index_is_one_database_for_every_thread(tmp_path: Path) -> None:
+    """`sqlite://` keeps the index in its connection: the commit thread must see the schema
+    the daemon migrated on its own thread, not a database of its own."""
+    archive = make_archive(tmp_path, "sqlite://")
+    generate(archive.drop(), SMALL)
+    outcomes = archive.ingest()
+    assert [o.outcome for o in outcomes] == ["archived"] * 6
+    assert count(archive, schema.instances) == 6

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.pool import StaticPool
 
 from vna.errors import SettingsError, TargetUnavailable
 
@@ -63,7 +64,12 @@ def create(url: str, pooling: Pooling | None = None) -> Engine:
         db = parsed.database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60}, **pool)
+            engine = create_engine(url, connect_args={"timeout": 60}, **pool)
+        else:
+            # An in-memory database lives in its connection: every thread (the ingest's
+            # commit thread, the gateway's) must share that one, not get one of its own.
+            args = {"timeout": 60, "check_same_thread": False}
+            engine = create_engine(url, connect_args=args, poolclass=StaticPool)
         cache_kib = pooling.sqlite_cache_kib if pooling else SQLITE_CACHE_KIB
 
         def pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,6 +12,7 @@ two queues is shared.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -66,6 +67,8 @@ class CommitThread:
         except queue.Empty:
             pass
         self._outstanding -= len(out)
+        if self._outstanding and not self._thread.is_alive():
+            raise CommitThreadDied("the commit thread stopped with batches still to commit")
         return out
 
     def close(self) -> list[Committed]:
@@ -76,7 +79,12 @@ class CommitThread:
 
     def _run(self) -> None:
         while (results := self._todo.get()) is not None:
-            self._done.put(Committed(results, self._commit(results)))
+            try:
+                outcomes = self._commit(results)
+            except BaseException:  # handed back as failed, never a silent end of the thread
+                logger.exception("committing a batch failed unexpectedly")
+                outcomes = None
+            self._done.put(Committed(results, outcomes))
 
     def _commit(self, results: list[Result]) -> list[Outcome] | None:
         try:
@@ -88,10 +96,15 @@ class CommitThread:
                 logger.exception("batch failed, retrying in %.0fs", self._backoff)
             for r in results:
                 if isinstance(r, Prepared):
-                    Path(r.staged).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # a staged file is never placed unless
+                        Path(r.staged).unlink(missing_ok=True)  # its batch commits
             # Later batches wait too: the index is what failed, most likely.
             self.stop.wait(self._backoff)
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             return None
         self._backoff = 1.0
         return outcomes
+
+
+class CommitThreadDied(RuntimeError):
+    """The commit thread ended while batches were waiting for it: the daemon must stop."""

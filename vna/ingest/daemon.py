@@ -40,9 +40,9 @@ from vna.settings import Settings, SourceSettings
 logger = logging.getLogger(__name__)
 
 CHUNK = 8  # files per worker task
-#: Batches handed to the commit thread before no more work goes to the workers: one
-#: being committed, one waiting. More would only pile up staged files while the index
-#: is down.
+#: Batches handed to the commit thread before the loop hands it no more and sends no more
+#: work to the workers: one being committed, one waiting. More would only pile up staged
+#: files while the index is down (at most what is in flight besides).
 MAX_COMMITS_WAITING = 2
 MAX_CRASHES = 3  # a file that kills a worker this often is quarantined
 DEFER_SECONDS = 5.0
@@ -128,7 +128,8 @@ class IngestDaemon:
                     results.extend(self._collect(timeout=0.2))
                 elif commits.outstanding:
                     self._apply(commits.take(timeout=0.2))
-                if len(results) >= ingest.batch_size or (results and not self.in_flight):
+                full = len(results) >= ingest.batch_size or (results and not self.in_flight)
+                if full and commits.outstanding < MAX_COMMITS_WAITING:
                     commits.put(results)
                     results = []
                 busy = self.in_flight or results or self._submitted or commits.outstanding
@@ -139,13 +140,15 @@ class IngestDaemon:
                             break
                     self._idle(watchers)
         finally:
-            if results:
-                commits.put(results)
-            self._apply(commits.close())
-            self._shutdown_pool()
-            if watchers:
-                watchers.stop()
-            self.layout.close()
+            try:
+                if results:
+                    commits.put(results)
+                self._apply(commits.close())
+            finally:
+                self._shutdown_pool()
+                if watchers:
+                    watchers.stop()
+                self.layout.close()
         return self.counts
 
     def stop(self) -> None:

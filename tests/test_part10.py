@@ -155,3 +155,25 @@ def test_a_large_value_is_written_but_not_kept_in_the_encoding_cache() -> None:
     expected = _written(elem, None, False, True)
     assert part10._encoded_element(elem, False, True) == expected
     assert max(map(len, part10._ENCODED.values()), default=0) < 1 << 20
+
+
+def test_a_source_preamble_is_not_kept_on_either_path(tmp_path: Path) -> None:
+    """A deflated file is rewritten whole by pydicom, every other one is spliced: both write
+    the preamble as zeros, as the spliced path always did."""
+    ds = pydicom.dcmread(str(get_testdata_file("image_dfl.dcm")))
+    ds.preamble = b"II*\x00" + b"\x01" * 124
+    source = tmp_path / "dfl.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    assert source.read_bytes()[:4] == b"II*\x00"
+    header = part10.read_header(source, keep=True)
+    assert header.whole
+    part10.write_archived(header, source, tmp_path / "out.dcm", durable=False, touched=set())
+    assert (tmp_path / "out.dcm").read_bytes()[:132] == bytes(128) + b"DICM"
+
+
+def test_a_multi_valued_ae_title_in_the_file_meta_is_kept_as_it_came() -> None:
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")), stop_before_pixels=True)
+    ds.file_meta.SourceApplicationEntityTitle = ["AE1", "AE2"]
+    meta = part10.file_meta_elements(ds, UID(ds.file_meta.TransferSyntaxUID), ds.file_meta)
+    expected = DataElement("SourceApplicationEntityTitle", "AE", ["AE1", "AE2"])
+    assert part10._encoded_file_meta(meta).endswith(_written(expected, None, False, True))

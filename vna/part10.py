@@ -7,6 +7,9 @@ checked for completeness and copied byte for byte into the archived file. The
 header is written back in the same encoding, so the copied tail stays valid.
 Deflated files are the exception: their whole dataset is compressed, so they
 are read and rewritten whole by pydicom (pixel values still untouched).
+The preamble is written as zeros, as PS3.10 7.1 asks of a file whose writer does
+not use it: what a source put there (the TIFF header of a dual-format file)
+described the file it came in, whose offsets the new header no longer keeps.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
@@ -395,6 +399,8 @@ def file_meta_elements(ds: Dataset, syntax: UID, original: FileMetaDataset | Non
     if original is not None:
         for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle"):
             value = original.get(keyword)
+            if isinstance(value, MultiValue):  # malformed, but kept as it came
+                value = "\\".join(map(str, value))
             if value is not None:
                 elements.append((_META[keyword], VR.AE, str(value)))
     return elements
@@ -425,6 +431,7 @@ def write_archived(
         head = _spliced_header(header, source, touched, meta)
     else:
         ds.file_meta = build_file_meta(ds, header.transfer_syntax, original_meta)
+        ds.preamble = None  # written as zeros
         buf = io.BytesIO()
         pydicom.dcmwrite(buf, ds, enforce_file_format=True)
         head = buf.getvalue()

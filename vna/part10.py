@@ -514,11 +514,9 @@ def _encoded_file_meta(elements: MetaElements) -> bytes:
     elements and encodes it twice: the group is ours and complete. Together this
     saved a fifth of the writer's time per file.
     """
-    body = b"".join(_encoded_value(Tag(kw), vr, value, False, True) for kw, vr, value in elements)
-    group_length = _encoded_value(
-        Tag("FileMetaInformationGroupLength"), VR.UL, len(body), False, True
-    )
-    return group_length + body
+    body = b"".join(_encoded_value(tag, vr, value, False, True) for tag, vr, value in elements)
+    length = _META["FileMetaInformationGroupLength"]
+    return _encoded_value(length, VR.UL, len(body), False, True) + body
 
 
 def _encoded_element(

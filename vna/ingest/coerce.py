@@ -20,6 +20,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
 from vna.errors import InvalidInput
+from vna.part10 import CACHED_VALUE_MAX
 
 MODIFYING_SYSTEM = "VNA"
 PROVENANCE_GROUP = 0x0009
@@ -136,7 +137,8 @@ def _originals_key(originals: list[DataElement]) -> OriginalsKey | None:
     key = []
     for elem in originals:
         value = elem.value
-        if value is not None and not (isinstance(value, str | bytes) and len(value) <= 1024):
+        short = isinstance(value, str | bytes) and len(value) <= CACHED_VALUE_MAX
+        if value is not None and not short:
             return None
         key.append((int(elem.tag), elem.VR, value))
     return tuple(key)

@@ -56,7 +56,7 @@ class CommitThread:
         self._outstanding += 1
         self._todo.put(results)
 
-    def take(self, timeout: float | None = 0) -> list[Committed]:
+    def take(self, timeout: float = 0) -> list[Committed]:
         """The batches committed (or failed) since the last call, in order; with a
         `timeout`, wait that long for the first."""
         out: list[Committed] = []

@@ -203,8 +203,8 @@ def extract(ds: Dataset) -> dict[str, Any]:
     The elements are looked up by plain int in a copy of the dataset's table
     (pydicom's tag type compares in Python), and one still as read is converted
     without going through the dataset's item access, which converts, stores and
-    looks the element up three times more;
-    none of these attributes has an ambiguous VR that the dataset would correct.
+    looks the element up three times more; none of these attributes has an
+    ambiguous VR that the dataset would correct.
     The character set is the one the file was written in, which is what its raw
     values are encoded in. Most of these values repeat across the files of a
     series (patient, study, series attributes), so the column value of a short

@@ -37,6 +37,11 @@ wrote, and the figures compare writing, not reading: ours reads the drop copy it
 was given just before, the copies and Orthanc's clients read the dataset itself,
 and a copy of it evicted from the page cache took 0.9 s instead of 0.26 s. Each
 run's line prints the share of the dataset the page cache held (`fincore`).
+Each run also records the machine's CPU time while its clock ran (all CPUs, user and
+system from /proc/stat, kernel threads such as write-back included), printed per
+instance: it tells a run slowed by the machine (the same work at a higher CPU cost,
+e.g. a copy into the page cache that spends 4x the system time) from a run that
+did more work, and how far a contender is from being CPU-bound.
 
 Our index: SQLite by default (a fresh file per run), or PostgreSQL with
 `--index-url postgresql+psycopg://...` (a fresh schema per run, dropped after it).
@@ -191,13 +196,70 @@ class PeakMemory:
         self._thread.join()
 
 
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine spent so far, all CPUs: (user, system), from /proc/stat.
+
+    System counts interrupts and kernel threads too (write-back, the file system's
+    own work): much of what storing files costs is spent there, by whoever wrote.
+    (0, 0) where /proc/stat is missing (not Linux).
+    """
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = (fields + [0] * 7)[:7]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice) / tick, (system + irq + softirq) / tick
+
+
+class Timed:
+    """Wall seconds and the machine's CPU seconds (`machine_cpu`) of the `with` block.
+
+    The machine's CPU, not the contender's: it takes in the kernel's work on the
+    contender's behalf, and what else ran (for ours warm, this script's poll), the
+    same way for every contender.
+    """
+
+    seconds = cpu_user = cpu_system = 0.0
+    _stopped = False
+
+    def __enter__(self) -> Timed:
+        self._cpu = machine_cpu()
+        self._started = time.perf_counter()
+        return self
+
+    def stop(self) -> None:
+        """Stop the clock before the block ends (a second call changes nothing)."""
+        if not self._stopped:
+            self.seconds = time.perf_counter() - self._started
+            user, system = machine_cpu()
+            self.cpu_user, self.cpu_system = user - self._cpu[0], system - self._cpu[1]
+            self._stopped = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @dataclass(frozen=True)
 class Run:
-    """One run of a method: wall seconds, and peak memory in bytes when sampled (else 0)."""
+    """One run of a method: wall seconds, peak memory in bytes when sampled (else 0), and
+    the machine's CPU seconds while it ran (`Timed`)."""
 
     seconds: float
     rss: int = 0
     pss: int = 0
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+
+    @classmethod
+    def of(cls, timed: Timed, memory: PeakMemory | None = None) -> Run:
+        rss, pss = (memory.rss, memory.pss) if memory is not None else (0, 0)
+        return cls(timed.seconds, rss, pss, timed.cpu_user, timed.cpu_system)
+
+    @property
+    def cpu(self) -> float:
+        return self.cpu_user + self.cpu_system
 
 
 #: One run of a method into the fresh folder it is given.
@@ -348,11 +410,9 @@ def run_ours_warm(data: Dataset, run_dir: Path, workers: int, index: BenchIndex)
             with InstanceCounter(url) as counter:
                 base = counter.max_id()
                 settle_disk()
-                with PeakMemory(vna.process.pid) as memory:
-                    started = time.perf_counter()
+                with PeakMemory(vna.process.pid) as memory, Timed() as timed:
                     os.rename(staged, drop / staged.name)
                     wait_ingested(vna, counter, base, data.count, drop)
-                    seconds = time.perf_counter() - started
                 total = counter.total()
             code = vna.stop()
             if code != 0:
@@ -360,7 +420,7 @@ def run_ours_warm(data: Dataset, run_dir: Path, workers: int, index: BenchIndex)
         check_run(run_dir, data.count + 1, total, index.prefill + data.count + 1)
     finally:
         index.release(url)
-    return Run(seconds, memory.rss, memory.pss)
+    return Run.of(timed, memory)
 
 
 def run_ours_cold(data: Dataset, run_dir: Path, workers: int, index: BenchIndex) -> Run:
@@ -371,11 +431,10 @@ def run_ours_cold(data: Dataset, run_dir: Path, workers: int, index: BenchIndex)
     try:
         config = write_config(run_dir, url, workers)
         settle_disk()
-        started = time.perf_counter()
-        with VnaProcess(vna_command(config, once=True), run_dir) as vna:
+        with Timed() as timed, VnaProcess(vna_command(config, once=True), run_dir) as vna:
             with PeakMemory(vna.process.pid) as memory:
                 code = vna.wait()
-            seconds = time.perf_counter() - started
+            timed.stop()
             if code != 0:
                 raise vna.failure(f"exited with code {code}")
         with InstanceCounter(url, readonly=False) as counter:
@@ -383,7 +442,7 @@ def run_ours_cold(data: Dataset, run_dir: Path, workers: int, index: BenchIndex)
         check_run(run_dir, data.count, total, index.prefill + data.count)
     finally:
         index.release(url)
-    return Run(seconds, memory.rss, memory.pss)
+    return Run.of(timed, memory)
 
 
 # --------------------------------------------------------------------------- Orthanc
@@ -393,24 +452,20 @@ def run_orthanc_rest(data: Dataset, run_dir: Path, threads: int) -> Run:
     """Upload every file through `POST /instances` into a fresh Orthanc, timed."""
     with OrthancServer(workdir=run_dir) as orthanc:
         settle_disk()
-        with PeakMemory(orthanc.pid) as memory:
-            started = time.perf_counter()
+        with PeakMemory(orthanc.pid) as memory, Timed() as timed:
             orthanc.upload_rest(data.files, threads=threads)
-            seconds = time.perf_counter() - started
         orthanc.expect_instances(data.count)
-    return Run(seconds, memory.rss, memory.pss)
+    return Run.of(timed, memory)
 
 
 def run_orthanc_storescu(data: Dataset, run_dir: Path, no_nagle: bool) -> Run:
     """Send the export folder with storescu into a fresh Orthanc, timed."""
     with OrthancServer(workdir=run_dir, dcmtk_no_nagle=no_nagle) as orthanc:
         settle_disk()
-        with PeakMemory(orthanc.pid) as memory:
-            started = time.perf_counter()
+        with PeakMemory(orthanc.pid) as memory, Timed() as timed:
             orthanc.storescu(data.root)
-            seconds = time.perf_counter() - started
         orthanc.expect_instances(data.count)
-    return Run(seconds, memory.rss, memory.pss)
+    return Run.of(timed, memory)
 
 
 def orthanc_child(args: argparse.Namespace) -> int:
@@ -448,7 +503,7 @@ def run_orthanc_inside(
     if code != 0:
         raise BenchError(f"Orthanc {method} run failed (exit code {code}; its message is above)")
     result = json.loads((run_dir / RESULT_FILE).read_text())
-    return Run(float(result["seconds"]), int(result["rss"]), int(result["pss"]))
+    return Run(**{f.name: result[f.name] for f in dataclasses.fields(Run)})
 
 
 # --------------------------------------------------------------------------- plain copy
@@ -468,18 +523,17 @@ def run_copy(data: Dataset, run_dir: Path, threads: int, fsync: bool) -> Run:
 
     run_dir.mkdir(parents=True)
     settle_disk()
-    started = time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="copy")
-    try:
-        for future in [pool.submit(copy, path) for path in data.files]:
-            future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on failure, copy no further
-    seconds = time.perf_counter() - started
+    with Timed() as timed:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="copy")
+        try:
+            for future in [pool.submit(copy, path) for path in data.files]:
+                future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on failure, copy no further
     copied = files_below(run_dir)
     if len(copied) != data.count:
         raise BenchError(f"copy: {len(copied)} files copied, expected {data.count}")
-    return Run(seconds)
+    return Run.of(timed)
 
 
 # --------------------------------------------------------------------------- report
@@ -516,16 +570,28 @@ def print_report(args: argparse.Namespace, data: Dataset, results: dict[str, Mea
         )
     width = max(len(m.label) for m in results.values())
     header = (
-        f"{'method':<{width}} {'median s':>9} {'inst/s':>9} {'MB/s':>8} {'peak RSS':>10}  runs (s)"
+        f"{'method':<{width}} {'median s':>9} {'inst/s':>9} {'MB/s':>8} {'peak RSS':>10} "
+        f"{'CPU ms/inst':>11} {'sys':>4}  runs (s)"
     )
     print(header)
     print("-" * len(header))
     for m in results.values():
         rss = fmt_mb(int(statistics.median(r.rss for r in m.runs))) if m.has_rss else "-"
         runs = " ".join(f"{s:.3f}" for s in m.seconds)
+        cpu = statistics.median(r.cpu for r in m.runs)
+        system = statistics.median(r.cpu_system / r.cpu if r.cpu else 0.0 for r in m.runs)
         print(
             f"{m.label:<{width}} {m.median():>9.3f} {m.rate(n):>9.1f} {m.mb_per_s(size):>8.1f} "
-            f"{rss:>10}  {runs}"
+            f"{rss:>10} {cpu / n * 1000:>11.2f} {system:>4.0%}  {runs}"
+        )
+    print(
+        f"CPU ms/inst: the machine's CPU time ({os.cpu_count()} CPUs, user + system, kernel "
+        "threads included) while the clock ran, per instance, median; sys: its system share"
+    )
+    for m in results.values():
+        print(
+            f"CPU ms/inst of {m.label}, per run: "
+            + " ".join(f"{r.cpu / n * 1000:.2f}" for r in m.runs)
         )
     for m in results.values():
         if m.has_rss:
@@ -723,7 +789,9 @@ def benchmark(args: argparse.Namespace) -> None:
                 cached = warm_source(data)
                 result = measurement.measure(run_dir)
                 measurement.runs.append(result)
-                extra_text = f", peak RSS {fmt_mb(result.rss)}" if result.rss else ""
+                extra_text = f", machine CPU {result.cpu:.2f} s ({result.cpu_system:.2f} s system)"
+                if result.rss:
+                    extra_text += f", peak RSS {fmt_mb(result.rss)}"
                 if cached is not None:
                     extra_text += f", source {cached:.0%} in the page cache before"
                 print(

@@ -47,6 +47,39 @@ def test_valid_uid_maps_to_the_dicomweb_shaped_path() -> None:
     assert parse_relpath("studies/../series/3.4/instances/5.6.dcm") is None
 
 
+def test_place_makes_missing_folders_and_reports_every_folder_it_changed(tmp_path: Path) -> None:
+    """The rename is tried first; a series folder is made only when it is missing, and
+    every folder whose entries changed is returned for the batch's fsync."""
+    from vna.layout import Layout
+
+    layout = Layout(tmp_path / "archive")
+    staging = layout.staging_dir()
+    first, second = staging / "a.dcm", staging / "b.dcm"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    root = str(layout.root)
+
+    dirs = layout.place(first, "studies/1.2/series/3.4/instances/5.6.dcm")
+    series = f"{root}/studies/1.2/series/3.4/instances"
+    assert dirs == {
+        root,  # studies/ appeared in it
+        f"{root}/studies",
+        f"{root}/studies/1.2",
+        f"{root}/studies/1.2/series",
+        f"{root}/studies/1.2/series/3.4",
+        series,
+    }
+    assert layout.place(str(second), "studies/1.2/series/3.4/instances/7.8.dcm") == {series}
+    assert (layout.root / "studies/1.2/series/3.4/instances/5.6.dcm").read_bytes() == b"first"
+    assert not first.exists() and not second.exists()
+    layout.sync_dirs(dirs | {Path(series)})  # str and Path name the same folder: synced once
+
+    with pytest.raises(FileNotFoundError):  # a staged file that is gone makes no folder
+        layout.place(staging / "gone.dcm", "studies/9.9/series/1.1/instances/2.2.dcm")
+    assert not (layout.root / "studies/9.9").exists()
+    layout.close()
+
+
 def test_failed_batch_sync_discards_every_staged_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """syncfs does not say whose write failed (it may be a later batch's file, staged
     already): every staged file goes, so none can be placed on a later, passing syncfs."""

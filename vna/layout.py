@@ -92,7 +92,7 @@ def parse_relpath(relpath: str) -> LayoutEntry | None:
     return LayoutEntry(relpath, study, series, sop)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | Path) -> None:
     """Make a folder's entries (a rename, a new child) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -162,6 +162,7 @@ class Layout:
 
     def __init__(self, root: Path, durable: bool = True) -> None:
         self.root = root
+        self._root = str(root)
         self.durable = durable
         self._staging: tuple[Path, int] | None = None
         self._claimed: dict[Path, int] = {}
@@ -287,19 +288,33 @@ class Layout:
             os.close(fd)
             d.rmdir()
 
-    def place(self, staged: Path, relpath: str) -> set[Path]:
-        """Rename a complete staged file into the layout; return folders to fsync."""
-        dest = self.path(relpath)
-        dirs = set(makedirs_durable(dest.parent, durable=False))
+    def place(self, staged: str | Path, relpath: str) -> set[str]:
+        """Rename a complete staged file into the layout; return folders to fsync.
+
+        The rename is tried first and the folders made only when it finds them
+        missing: most files go into a series folder that is there already, and a
+        look for it (and the paths built for that) cost more than the rename.
+        Plain strings, not Paths: this runs once per file archived.
+        """
+        dest = os.path.join(self._root, relpath)
+        parent = os.path.dirname(dest)
+        try:
+            os.replace(staged, dest)
+            return {parent}
+        except FileNotFoundError:
+            if not os.path.exists(staged):
+                raise
+        dirs = {str(d) for d in makedirs_durable(Path(parent), durable=False)}
         os.replace(staged, dest)
-        dirs.add(dest.parent)
+        dirs.add(parent)
         return dirs
 
-    def sync_dirs(self, dirs: Iterable[Path]) -> None:
+    def sync_dirs(self, dirs: Iterable[str | Path]) -> None:
         """fsync every folder a batch of renames touched, deepest first."""
         if not self.durable:
             return
-        for d in sorted(set(dirs), key=lambda p: len(p.parts), reverse=True):
+        unique = {os.path.normpath(d) for d in dirs}
+        for d in sorted(unique, key=lambda p: p.count(os.sep), reverse=True):
             fsync_dir(d)
 
     def walk(self) -> Iterator[str]:

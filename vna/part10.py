@@ -115,15 +115,17 @@ IN_MEMORY_BYTES = 16 << 20
 _buffers = threading.local()
 
 
-def read_header(path: Path, keep: bool = False) -> Header:
+def read_header(path: str | Path, keep: bool = False, size: int | None = None) -> Header:
     """Parse a drop file's header and check that the rest of it is complete.
 
     With `keep`, a file of at most IN_MEMORY_BYTES is read in one go into this
     thread's buffer and kept in the header, so the content digest and the archived
     copy are made from memory: one open and one read of the whole file instead of
-    four opens and two reads.
+    four opens and two reads. `size` is the file's size when the caller has just
+    looked (it looks again afterwards, to find a file that changed meanwhile).
     """
-    size = path.stat().st_size
+    if size is None:
+        size = os.stat(path).st_size
     if size == 0:
         raise EmptyFile("the file is empty (0 bytes)")
     try:
@@ -134,8 +136,8 @@ def read_header(path: Path, keep: bool = False) -> Header:
         raise Unreadable(f"malformed DICOM: {type(exc).__name__}: {exc}") from None
 
 
-def _read_header(path: Path, size: int, keep: bool) -> Header:
-    with path.open("rb") as fh:
+def _read_header(path: str | Path, size: int, keep: bool) -> Header:
+    with open(path, "rb") as fh:
         data = _whole(fh, size) if keep else None
         fh.seek(0)
         ds = _parse(fh, size)
@@ -415,7 +417,11 @@ def build_file_meta(ds: Dataset, syntax: UID, original: FileMetaDataset | None) 
 
 
 def write_archived(
-    header: Header, source: Path, dest: Path, durable: bool, touched: set[int] | None = None
+    header: Header,
+    source: str | Path,
+    dest: str | Path,
+    durable: bool,
+    touched: set[int] | None = None,
 ) -> tuple[str, int]:
     """Write the normalized header plus the untouched tail to `dest`; return (digest, size).
 
@@ -438,7 +444,7 @@ def write_archived(
     h = digest.new()
     h.update(head)
     written = len(head)
-    with dest.open("wb") as out:
+    with open(dest, "wb") as out:
         out.write(head)
         if header.data is not None and header.tail_offset < header.size:
             tail = header.data[header.tail_offset :]
@@ -446,7 +452,7 @@ def write_archived(
             out.write(tail)
             written += len(tail)
         elif not header.whole and header.tail_offset < header.size:
-            with source.open("rb") as src:
+            with open(source, "rb") as src:
                 src.seek(header.tail_offset)
                 remaining = header.size - header.tail_offset
                 while remaining > 0:
@@ -466,7 +472,7 @@ def write_archived(
 
 
 def _spliced_header(
-    header: Header, source: Path, touched: set[int], meta: MetaElements
+    header: Header, source: str | Path, touched: set[int], meta: MetaElements
 ) -> bytearray:
     """Preamble, new file meta, then the dataset: touched elements re-encoded, the rest
     copied, each run of untouched neighbours in one slice."""
@@ -477,7 +483,7 @@ def _spliced_header(
     if header.data is not None:
         region = header.data[header.content_offset : header.tail_offset]
     else:
-        with source.open("rb") as fh:
+        with open(source, "rb") as fh:
             fh.seek(header.content_offset)
             region = fh.read(header.tail_offset - header.content_offset)
     out = bytearray(128)
@@ -611,10 +617,10 @@ def _value_key(elem: DataElement) -> Hashable | None:
     return None
 
 
-def content_digest(header: Header, path: Path) -> str:
+def content_digest(header: Header, path: str | Path) -> str:
     """Digest of a file's dataset as received (after its file meta), for duplicate detection."""
     if header.data is not None:
         return digest.of_bytes(header.data[header.content_offset :])
-    with path.open("rb") as fh:
+    with open(path, "rb") as fh:
         fh.seek(header.content_offset)
         return digest.of_stream(fh)

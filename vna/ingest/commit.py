@@ -122,12 +122,12 @@ class Committer:
             # The batch's syncfs, before the first rename, makes the journal durable too.
             covered = bool(batch.placements) and self.layout.batch_sync
             journal.write(staging, batch.intents, durable and not covered)
-        dirs: set[Path] = set()
+        dirs: set[str] = set()
         try:
             if batch.placements:
                 self.layout.sync_staged()
             for prepared, relpath in batch.placements:
-                dirs |= self.layout.place(Path(prepared.staged), relpath)
+                dirs |= self.layout.place(prepared.staged, relpath)
             self.layout.sync_dirs(dirs)
             self._write_index(batch)
         except (SQLAlchemyError, OSError) as exc:
@@ -304,10 +304,10 @@ class Committer:
         job = result.job
         if job.quarantine_id is not None:
             return  # a retried quarantine file: its entry is released (or kept) above
-        path = Path(job.path)
+        path = job.path  # a plain string: this runs once per file taken in
         if isinstance(result, Prepared):
             try:
-                st = path.stat()
+                st = os.stat(path)
             except FileNotFoundError:
                 return
             if (st.st_size, st.st_mtime_ns) != result.stat:
@@ -324,7 +324,7 @@ class Committer:
                 makedirs_durable(dest.parent, self.settings.archive.fsync)
                 shutil.move(path, dest)
             else:
-                path.unlink()
+                os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:

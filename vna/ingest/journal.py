@@ -87,7 +87,7 @@ def read(folder: Path) -> list[Intent]:
 
 
 def _restore_superseded(
-    intent: Intent, layout: Layout, quarantine: QuarantineStore, touched: set[Path]
+    intent: Intent, layout: Layout, quarantine: QuarantineStore, touched: set[str | Path]
 ) -> bool:
     """Put back the version a replacement that never committed had pushed aside."""
     if not (intent.superseded_id and intent.superseded_source):
@@ -108,7 +108,7 @@ def replay(folder: Path, engine: Engine, layout: Layout, quarantine: QuarantineS
     """Undo what a batch placed without committing; return how many files were undone."""
     intents = read(folder)
     undone = 0
-    touched: set[Path] = set()
+    touched: set[str | Path] = set()
     t = schema.instances
     with engine.connect() as conn:
         for intent in intents:

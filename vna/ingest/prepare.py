@@ -7,6 +7,7 @@ main process decides, with the index in hand, what becomes of the result.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -14,7 +15,6 @@ import os
 import uuid
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -99,17 +99,21 @@ def init_worker() -> None:
 
 
 def prepare(job: Job) -> Result:
-    """Turn one input file into a staged archive copy, or a reason to quarantine it."""
-    path = Path(job.path)
+    """Turn one input file into a staged archive copy, or a reason to quarantine it.
+
+    Paths stay plain strings here: this runs once per file, and building Path
+    objects cost more than the calls that take them.
+    """
+    path = job.path
     try:
         before = _stat(path)
     except FileNotFoundError:
         return Skipped(job, "vanished before it was read", vanished=True)
     except OSError as exc:
         return Skipped(job, f"cannot stat: {exc.strerror}")
-    staged = Path(job.staging) / f"{uuid.uuid4().hex}.dcm"
+    staged = os.path.join(job.staging, f"{uuid.uuid4().hex}.dcm")
     try:
-        header = part10.read_header(path, keep=True)
+        header = part10.read_header(path, keep=True, size=before[0])
         ds = header.dataset
         sop_uid = _validate_uids(ds)
         content = part10.content_digest(header, path)
@@ -118,25 +122,25 @@ def prepare(job: Job) -> Result:
         relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, sop_uid)
         file_digest, size = part10.write_archived(header, path, staged, job.durable, touched)
     except FileNotFoundError:
-        staged.unlink(missing_ok=True)
+        _discard(staged)
         return Skipped(job, "vanished while it was read", vanished=True)
     except InvalidInput as exc:
-        staged.unlink(missing_ok=True)
+        _discard(staged)
         return _reject(job, path, _reason(exc), str(exc), _sop_uid_of(locals().get("ds")))
     except OSError as exc:
-        staged.unlink(missing_ok=True)
+        _discard(staged)
         return Skipped(job, f"I/O error: {exc}")
     except Exception as exc:  # a malformed file must never stop the daemon
-        staged.unlink(missing_ok=True)
+        _discard(staged)
         logger.debug("unexpected error preparing %s", path, exc_info=True)
         return _reject(job, path, Reason.UNREADABLE, f"{type(exc).__name__}: {exc}", None)
     try:
         after = _stat(path)
     except FileNotFoundError:
-        staged.unlink(missing_ok=True)
+        _discard(staged)
         return Skipped(job, "vanished while it was read", vanished=True)
     if after != before:
-        staged.unlink(missing_ok=True)
+        _discard(staged)
         return Skipped(job, "changed while it was read (still being written?)")
     record = InstanceRecord(
         attributes=attributes,
@@ -148,12 +152,17 @@ def prepare(job: Job) -> Result:
         source=job.source,
         received_at=job.received,
     )
-    return Prepared(job, str(staged), record, before)
+    return Prepared(job, staged, record, before)
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
+
+
+def _discard(staged: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staged)
 
 
 def _validate_uids(ds: Dataset) -> str:
@@ -182,11 +191,11 @@ def _sop_uid_of(ds: Any) -> str | None:
     return None
 
 
-def _reject(job: Job, path: Path, reason: Reason, detail: str, sop_uid: str | None) -> Result:
+def _reject(job: Job, path: str, reason: Reason, detail: str, sop_uid: str | None) -> Result:
     try:
-        with path.open("rb") as fh:
+        with open(path, "rb") as fh:
             file_digest = digest.of_stream(fh)
-        size = path.stat().st_size
+            size = os.fstat(fh.fileno()).st_size
     except FileNotFoundError:
         return Skipped(job, "vanished while it was read", vanished=True)
     except OSError as exc:

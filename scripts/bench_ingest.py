@@ -31,17 +31,19 @@ What is timed:
 Each measurement starts with fresh storage, after an untimed `sync`, and is
 repeated `--repeat` times in turn (ours warm, ours cold, REST, storescu, copy,
 copy+fsync, then again), so drift of the machine spreads over all of them; the
-median is reported. Before each measurement the whole dataset is read (untimed), so
-the source files come from the page cache in every case, whatever the runs before
-wrote, and the figures compare writing, not reading: ours reads the drop copy it
-was given just before, the copies and Orthanc's clients read the dataset itself,
-and a copy of it evicted from the page cache took 0.9 s instead of 0.26 s. Each
-run's line prints the share of the dataset the page cache held (`fincore`).
-Each run also records the machine's CPU time while its clock ran (all CPUs, user and
-system from /proc/stat, kernel threads such as write-back included), printed per
-instance: it tells a run slowed by the machine (the same work at a higher CPU cost,
-e.g. a copy into the page cache that spends 4x the system time) from a run that
-did more work, and how far a contender is from being CPU-bound.
+median is reported. Before each measurement the page cache is written back and
+dropped (as root; `drop_page_cache` says why) and the whole dataset read again
+(untimed), so every measurement starts from the same memory and reads its source
+from the page cache, and the figures compare writing, not reading: ours reads the
+drop copy it was given just before, the copies and Orthanc's clients read the
+dataset itself, and a copy of it evicted from the page cache took 0.9 s instead of
+0.26 s. Each run's line prints the share of the dataset the page cache held
+(`fincore`). Each run also records the machine's CPU time while its clock ran (all
+CPUs, user and system from /proc/stat, kernel threads such as write-back
+included), printed per instance: it tells a run slowed by the machine (the same
+work at a higher CPU cost, such as a copy into memory that spends 4x the system
+time) from a run that did more work, and how far a contender is from being
+CPU-bound.
 
 Our index: SQLite by default (a fresh file per run), or PostgreSQL with
 `--index-url postgresql+psycopg://...` (a fresh schema per run, dropped after it).
@@ -330,14 +332,39 @@ def page_cache_share(files: Sequence[Path]) -> float | None:
             [*command, *map(str, files[i : i + 500])], capture_output=True, text=True, check=True
         ).stdout
         for line in out.splitlines():
-            res, total = line.split()
-            resident, size = resident + int(res), size + int(total)
+            res, total = (int(v) for v in line.split())
+            # Resident pages are whole pages: a file's last one counts past its end.
+            resident, size = resident + min(res, total), size + total
     return resident / size if size else None
 
 
 def settle_disk() -> None:
     """Flush dirty pages of the previous step, so it is not billed to the next one."""
     os.sync()
+
+
+#: Where the kernel takes the order to drop clean page cache (root only).
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_page_cache() -> bool:
+    """Write back, then drop the page cache (and reclaimable slab); False if not allowed.
+
+    Why before every measurement: every run's output is kept until the end (see
+    `outputs_fit`), so the page cache grows by the dataset's size per run, and on the
+    development VM writing into memory not used since it was freed there costs up to
+    four times the CPU: a plain copy took 0.2 s with the cache dropped before it, and
+    0.7 to 0.9 s from the fourth run on without. It slowed the copies and Orthanc,
+    which take fresh memory for all they write, far more than our ingest, which frees
+    each drop file as it goes; kept, it made our ratios look better than they are. The
+    dataset is read into the page cache again right after.
+    """
+    settle_disk()
+    try:
+        DROP_CACHES.write_text("3")
+    except OSError:
+        return False
+    return True
 
 
 def outputs_fit(work: Path, data: Dataset, runs: int, extra: int = 0) -> bool:
@@ -783,9 +810,18 @@ def benchmark(args: argparse.Namespace) -> None:
             print(f"ours: index {index.describe()}", flush=True)
             for once in (False, True):
                 print("ours: " + " ".join(vna_command(Path("<run>/vna.toml"), once)), flush=True)
+        dropped = drop_page_cache()
+        if not dropped:
+            print(
+                f"note: cannot write {DROP_CACHES} (not root?): the page cache is not dropped "
+                "before each measurement, and the runs' kept outputs may slow later runs",
+                flush=True,
+            )
         for run in range(1, args.repeat + 1):
             for measurement in methods:
                 run_dir = work / f"{measurement.key}-{run}"
+                if dropped:
+                    drop_page_cache()
                 cached = warm_source(data)
                 result = measurement.measure(run_dir)
                 measurement.runs.append(result)

@@ -543,3 +543,33 @@ def test_an_in_memory_index_is_one_database_for_every_thread(tmp_path: Path) -> 
     outcomes = archive.ingest()
     assert [o.outcome for o in outcomes] == ["archived"] * 6
     assert count(archive, schema.instances) == 6
+
+
+def test_a_file_that_kills_its_worker_is_quarantined_alone(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a worker dies, every file in flight is suspect, but only the one that kills a
+    worker when tried on its own is quarantined; the others are archived."""
+    from vna.ingest import daemon
+
+    archive = make_archive(tmp_path, index_url, workers=2, batch_size=8)
+    generate(archive.drop(), SampleSpec(instances=40, per_series=20, rows=16, columns=16))
+    poison = sorted(archive.drop().rglob("IM*"))[5]
+    poison.rename(poison.with_name("POISON"))
+    real_prepare = daemon.prepare
+
+    def prepare(job: Any) -> Any:
+        if job.path.endswith("POISON"):
+            os._exit(1)  # what a parser crash or the OOM killer does to the worker
+        return real_prepare(job)
+
+    monkeypatch.setattr(daemon, "prepare", prepare)  # the workers are forked: they have it too
+    monkeypatch.setattr(daemon, "DEFER_SECONDS", 0.05)
+    outcomes = archive.ingest()
+
+    final = {o.file: o for o in outcomes if o.outcome != "deferred"}
+    assert sorted(o.outcome for o in final.values()).count("archived") == 39
+    quarantined = [o for o in final.values() if o.outcome == "quarantined"]
+    assert [o.file.rsplit("/", 1)[-1] for o in quarantined] == ["POISON"]
+    assert "crashed" in (quarantined[0].detail or "")
+    assert layout_problems(archive) == []

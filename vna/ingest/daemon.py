@@ -44,7 +44,7 @@ CHUNK = 8  # files per worker task
 #: work to the workers: one being committed, one waiting. More would only pile up staged
 #: files while the index is down (at most what is in flight besides).
 MAX_COMMITS_WAITING = 2
-MAX_CRASHES = 3  # a file that kills a worker this often is quarantined
+MAX_CRASHES = 3  # a file that kills a worker this often, alone in the pool, is quarantined
 DEFER_SECONDS = 5.0
 
 
@@ -87,6 +87,10 @@ class IngestDaemon:
         self._due: list[tuple[float, float, int, str]] = []
         self._entries = itertools.count()
         self.in_flight: dict[Future[list[Result]], list[Job]] = {}
+        # Files in flight when a worker died, to be tried one at a time with nothing else
+        # in the pool (`_submit_suspect`), and the task of the one being tried.
+        self._suspects: list[str] = []
+        self._solo: Future[list[Result]] | None = None
         self.busy: set[str] = set()  # submitted, and not yet committed
         self.counts: Counter[str] = Counter()
         self.stop_event = threading.Event()
@@ -272,8 +276,10 @@ class IngestDaemon:
         while self._due and len(chosen) < limit and self._due[0][0] <= now:
             due, _, _, path = heapq.heappop(self._due)
             c = self.pending.get(path)
-            if c is None or path in self.busy or path in taken or due != self._due_at(c):
-                continue  # done, under way, or an entry from before it changed
+            if c is None or c.suspect or path in self.busy or path in taken:
+                continue  # done, tried on its own (`_submit_suspect`), or under way
+            if due != self._due_at(c):
+                continue  # an entry from before it changed
             # Events may be older than the last write: look again before taking it.
             try:
                 st = os.stat(c.path)
@@ -292,6 +298,8 @@ class IngestDaemon:
 
     def _submit(self) -> None:
         self._submitted = 0
+        if self._solo is not None or self._submit_suspect():
+            return
         workers = max(1, self.settings.ingest.workers)
         room = workers * 3 - len(self.in_flight)
         if room <= 0:
@@ -313,6 +321,42 @@ class IngestDaemon:
                 fut = self._pool.submit(prepare_many, jobs)
             self.in_flight[fut] = jobs
 
+    def _submit_suspect(self) -> bool:
+        """Try the next suspect alone; True while suspects hold back other work.
+
+        When a worker dies, every task in flight fails with it, so which file killed
+        it is not known. Each file that was in flight is tried again on its own, with
+        nothing else in the pool, after the work already in flight has finished: a
+        crash then is that file's, and counts towards quarantining it. Before, every
+        file in flight counted a crash, and good files that happened to be in flight
+        with a bad one three times were quarantined with it.
+        """
+        if not self._suspects:
+            return False
+        if self.in_flight:
+            return True
+        for path in list(self._suspects):
+            cand = self.pending.get(path)
+            if cand is None or not cand.suspect:
+                self._suspects.remove(path)  # done with, or taken as it was found again
+                continue
+            if path in self.busy:
+                continue  # its result from the crash is still being committed
+            self._suspects.remove(path)
+            cand.suspect = False
+            job = self._job(cand, str(self.layout.staging_dir()), received_now())
+            self.busy.add(job.path)
+            self._submitted = 1
+            if self._pool is None:
+                fut: Future[list[Result]] = Future()
+                fut.set_result(prepare_many([job]))
+            else:
+                fut = self._pool.submit(prepare_many, [job])
+            self.in_flight[fut] = [job]
+            self._solo = fut
+            return True
+        return bool(self._suspects)
+
     def _job(self, cand: Candidate, staging: str, received: dt.datetime) -> Job:
         return Job(
             source=cand.source,
@@ -332,29 +376,46 @@ class IngestDaemon:
         broken = False
         for fut in done:
             jobs = self.in_flight.pop(fut)
+            solo = fut is self._solo
+            if solo:
+                self._solo = None
             try:
                 out.extend(fut.result())
             except BrokenProcessPool:
                 broken = True
-                out.extend(self._after_crash(jobs))
+                out.extend(self._after_crash(jobs, solo))
         if broken:
             for fut, jobs in list(self.in_flight.items()):
                 self.in_flight.pop(fut)
-                out.extend(self._after_crash(jobs))
+                out.extend(self._after_crash(jobs, alone=False))
+            self._solo = None
             self._shutdown_pool()
             self._start_pool()
         return out
 
-    def _after_crash(self, jobs: list[Job]) -> list[Result]:
-        """A worker died (a file crashed the parser?): retry, then quarantine the culprit."""
+    def _after_crash(self, jobs: list[Job], alone: bool) -> list[Result]:
+        """A worker died (a file crashed the parser?): find the culprit and quarantine it.
+
+        A file in flight with others becomes a suspect, tried again on its own
+        (`_submit_suspect`); one that was alone in the pool is the culprit, tried
+        again until it has killed a worker MAX_CRASHES times.
+        """
         out: list[Result] = []
         for job in jobs:
             cand = self.pending.get(job.path)
             if cand is None:
                 continue
+            if not alone:
+                if not cand.suspect:
+                    cand.suspect = True
+                    self._suspects.append(job.path)
+                out.append(Skipped(job, "a worker process died; trying each file on its own"))
+                continue
             cand.attempts += 1
             if cand.attempts < MAX_CRASHES:
-                out.append(Skipped(job, "a worker process died; trying again"))
+                cand.suspect = True
+                self._suspects.append(job.path)
+                out.append(Skipped(job, "a worker process died with this file alone; trying again"))
                 continue
             try:
                 with open(job.path, "rb") as fh:

@@ -31,7 +31,8 @@ class Candidate:
     size: int
     seen_at: float = 0.0  # monotonic time (size, mtime) were first seen as they are now
     not_before: float = 0.0  # monotonic time before which it is not tried again
-    attempts: int = 0
+    attempts: int = 0  # times a worker died with this file alone in the pool
+    suspect: bool = False  # in flight when a worker died: tried again on its own
 
     def changed(self, size: int, mtime: float, now: float) -> bool:
         """A new look at the file; True (and its settle clock restarted at `now`) if it

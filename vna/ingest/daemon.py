@@ -39,7 +39,10 @@ from vna.settings import Settings, SourceSettings
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 8  # files per worker task
+#: Files per worker task. Each task costs the pool a round trip (pickling, futures, wake-ups)
+#: and the chunk one received time: 16 took 7% less CPU per file than 8. Whatever its size,
+#: a worker's crash is narrowed down to one file (`_submit_suspect`).
+CHUNK = 16
 #: Batches handed to the commit thread before the loop hands it no more and sends no more
 #: work to the workers: one being committed, one waiting. More would only pile up staged
 #: files while the index is down (at most what is in flight besides).

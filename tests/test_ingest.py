@@ -565,6 +565,14 @@ def test_a_file_that_kills_its_worker_is_quarantined_alone(
 
     monkeypatch.setattr(daemon, "prepare", prepare)  # the workers are forked: they have it too
     monkeypatch.setattr(daemon, "DEFER_SECONDS", 0.05)
+    left_staged: list[str] = []
+    real_close = Layout.close
+
+    def close(self: Layout) -> None:  # before the staging folder goes: what is left in it?
+        left_staged.extend(p.name for p in self.staging_dir().glob("*.dcm"))
+        real_close(self)
+
+    monkeypatch.setattr(Layout, "close", close)
     outcomes = archive.ingest()
 
     final = {o.file: o for o in outcomes if o.outcome != "deferred"}
@@ -572,4 +580,5 @@ def test_a_file_that_kills_its_worker_is_quarantined_alone(
     quarantined = [o for o in final.values() if o.outcome == "quarantined"]
     assert [o.file.rsplit("/", 1)[-1] for o in quarantined] == ["POISON"]
     assert "crashed" in (quarantined[0].detail or "")
+    assert left_staged == []  # the copies the dead workers had staged were removed
     assert layout_problems(archive) == []

@@ -10,6 +10,7 @@ events in between.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import itertools
@@ -203,6 +204,7 @@ class IngestDaemon:
             self.pending[cand.path] = cand
             self._schedule(cand)
         elif known.changed(cand.size, cand.mtime, seen):
+            known.suspect = False  # a new version: taken as any file, once it has settled
             self._schedule(known)
 
     def _due_at(self, cand: Candidate) -> float:
@@ -315,14 +317,10 @@ class IngestDaemon:
             # within the chunk, and the worker encodes it once.
             received = received_now()
             jobs = [self._job(c, staging, received) for c in ready[i : i + CHUNK]]
-            self.busy.update(j.path for j in jobs)
-            self._submitted += len(jobs)
-            if self._pool is None:
-                fut: Future[list[Result]] = Future()
-                fut.set_result(prepare_many(jobs))
-            else:
-                fut = self._pool.submit(prepare_many, jobs)
-            self.in_flight[fut] = jobs
+            if self._dispatch(jobs) is None:
+                for c in ready[i:]:
+                    self._schedule(c)
+                return
 
     def _submit_suspect(self) -> bool:
         """Try the next suspect alone; True while suspects hold back other work.
@@ -341,24 +339,50 @@ class IngestDaemon:
         for path in list(self._suspects):
             cand = self.pending.get(path)
             if cand is None or not cand.suspect:
-                self._suspects.remove(path)  # done with, or taken as it was found again
+                self._suspects.remove(path)  # done with, or found changed (`_add`)
                 continue
             if path in self.busy:
                 continue  # its result from the crash is still being committed
+            try:  # as `_ready` does: the file may have gone or changed since the crash
+                st = os.stat(path)
+            except FileNotFoundError:
+                self._suspects.remove(path)
+                self.pending.pop(path, None)
+                continue
+            except OSError:
+                continue
             self._suspects.remove(path)
             cand.suspect = False
+            if cand.changed(st.st_size, st.st_mtime, self._clock()):
+                self._schedule(cand)  # a new version: taken as any file, once settled
+                continue
             job = self._job(cand, str(self.layout.staging_dir()), received_now())
-            self.busy.add(job.path)
-            self._submitted = 1
-            if self._pool is None:
-                fut: Future[list[Result]] = Future()
-                fut.set_result(prepare_many([job]))
-            else:
-                fut = self._pool.submit(prepare_many, [job])
-            self.in_flight[fut] = [job]
-            self._solo = fut
+            self._solo = self._dispatch([job])
+            if self._solo is None:  # the pool broke meanwhile: tried again on the next turn
+                cand.suspect = True
+                self._suspects.insert(0, path)
             return True
         return bool(self._suspects)
+
+    def _dispatch(self, jobs: list[Job]) -> Future[list[Result]] | None:
+        """Hand a task to the pool; None if the pool broke since its last task was collected
+        (a worker died): the jobs were not taken, and a new pool is started once the tasks
+        in flight, which fail with it, are collected (`_collect`)."""
+        if self._pool is None:
+            fut: Future[list[Result]] = Future()
+            fut.set_result(prepare_many(jobs))
+        else:
+            try:
+                fut = self._pool.submit(prepare_many, jobs)
+            except BrokenProcessPool:
+                if not self.in_flight:
+                    self._shutdown_pool()
+                    self._start_pool()
+                return None
+        self.busy.update(j.path for j in jobs)
+        self._submitted += len(jobs)
+        self.in_flight[fut] = jobs
+        return fut
 
     def _job(self, cand: Candidate, staging: str, received: dt.datetime) -> Job:
         return Job(
@@ -405,6 +429,8 @@ class IngestDaemon:
         """
         out: list[Result] = []
         for job in jobs:
+            with contextlib.suppress(OSError):  # what the dead worker may have staged
+                os.unlink(job.staged)
             cand = self.pending.get(job.path)
             if cand is None:
                 continue

@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -56,6 +56,13 @@ class Job:
     durable: bool
     received: dt.datetime
     quarantine_id: str | None = None  # set when retrying a quarantined file
+    # The staged copy's name, chosen with the job: if the worker dies, whoever made the job
+    # can remove what it staged.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def staged(self) -> str:
+        return os.path.join(self.staging, f"{self.token}.dcm")
 
 
 @dataclass
@@ -111,7 +118,7 @@ def prepare(job: Job) -> Result:
         return Skipped(job, "vanished before it was read", vanished=True)
     except OSError as exc:
         return Skipped(job, f"cannot stat: {exc.strerror}")
-    staged = os.path.join(job.staging, f"{uuid.uuid4().hex}.dcm")
+    staged = job.staged
     try:
         header = part10.read_header(path, keep=True, size=before[0])
         ds = header.dataset

@@ -107,6 +107,11 @@ class BenchIndex:
     def for_run(self, run_dir: Path) -> str:
         raise NotImplementedError
 
+    def scratch(self, run_dir: Path) -> str:
+        """An empty index of the same kind, not migrated (the archive migrates it on open),
+        for an untimed run that only loads the program; `release` it after."""
+        raise NotImplementedError
+
     def release(self, url: str) -> None:
         """Give a run's index back (untimed)."""
 
@@ -143,6 +148,9 @@ class SqliteBenchIndex(BenchIndex):
         finally:
             engine.dispose()  # the last connection closing checkpoints the WAL into the file
 
+    def scratch(self, run_dir: Path) -> str:
+        return sqlite_url(run_dir / "index.db")
+
     def for_run(self, run_dir: Path) -> str:
         target = run_dir / "index.db"
         for suffix in ("", "-wal"):
@@ -176,16 +184,21 @@ class PostgresBenchIndex(BenchIndex):
         except OperationalError as exc:
             raise OursError(f"PostgreSQL at {self.url} is not reachable: {exc.orig}") from None
 
-    def for_run(self, run_dir: Path) -> str:
+    def scratch(self, run_dir: Path) -> str:
         from sqlalchemy import text
-
-        from vna.index.engine import open_index
 
         schema = f"bench_{secrets.token_hex(6)}"
         url = with_search_path(self.url, schema)
         with self.admin.connect() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         self.schemas[url] = schema
+        return url
+
+    def for_run(self, run_dir: Path) -> str:
+        from vna.index.engine import open_index
+
+        url = self.scratch(run_dir)
+        schema = self.schemas[url]
         engine = open_index(url)
         try:
             if self.prefill:

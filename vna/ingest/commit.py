@@ -133,7 +133,7 @@ class Committer:
         except (SQLAlchemyError, OSError) as exc:
             self.writer.forget()
             for prepared, _ in batch.placements:
-                Path(prepared.staged).unlink(missing_ok=True)
+                prepared.job.discard_staged()
             journal.replay(staging, self.engine, self.layout, self.quarantine)
             raise TargetUnavailable(f"batch not committed, will retry: {exc}") from exc
         self.writer.commit_cache()
@@ -155,7 +155,7 @@ class Committer:
                 self._plan_one(b, result, existing, in_batch)
             except OSError as exc:
                 if isinstance(result, Prepared):
-                    Path(result.staged).unlink(missing_ok=True)
+                    result.job.discard_staged()
                 b.outcomes.append(_outcome(result.job, "deferred", detail=str(exc)))
         return b
 
@@ -184,7 +184,7 @@ class Committer:
         prior = existing.get(sop)
         if earlier is not None and earlier.record.content_digest != rec.content_digest:
             # Two versions in one batch: decide this one against the index next batch.
-            Path(result.staged).unlink(missing_ok=True)
+            result.job.discard_staged()
             b.outcomes.append(
                 _outcome(job, "deferred", sop, detail="another version in this batch")
             )
@@ -194,7 +194,7 @@ class Committer:
             and (prior.content_digest == rec.content_digest or prior.digest == rec.digest)
         )
         if same:
-            Path(result.staged).unlink(missing_ok=True)
+            result.job.discard_staged()
             first = earlier.record.digest if earlier else prior.digest if prior else rec.digest
             b.duplicates.append(
                 dict(
@@ -217,7 +217,7 @@ class Committer:
             b.outcomes.append(_outcome(job, "archived", sop, study_uid=study))
             return
         if self._policy(job.source) == "quarantine":
-            Path(result.staged).unlink(missing_ok=True)
+            result.job.discard_staged()
             detail = (
                 f"SOP Instance UID {sop} is archived already with different content "
                 f"(archived digest {prior.digest} from source {prior.source})"

@@ -17,7 +17,6 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from vna.errors import TargetUnavailable
 from vna.ingest.commit import Committer, Outcome
@@ -96,8 +95,8 @@ class CommitThread:
                 logger.exception("batch failed, retrying in %.0fs", self._backoff)
             for r in results:
                 if isinstance(r, Prepared):
-                    with contextlib.suppress(OSError):  # a staged file is never placed unless
-                        Path(r.staged).unlink(missing_ok=True)  # its batch commits
+                    with contextlib.suppress(OSError):  # left for the next start if it must be
+                        r.job.discard_staged()
             # Later batches wait too: the index is what failed, most likely.
             self.stop.wait(self._backoff)
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)

@@ -286,20 +286,30 @@ class IngestDaemon:
             if due != self._due_at(c):
                 continue  # an entry from before it changed
             # Events may be older than the last write: look again before taking it.
-            try:
-                st = os.stat(c.path)
-            except FileNotFoundError:
-                self.pending.pop(c.path, None)
+            unchanged = self._look_again(c, now)
+            if unchanged is None:
+                if path in self.pending:
+                    self._defer(path)
                 continue
-            except OSError:
-                self._defer(c.path)
-                continue
-            if c.changed(st.st_size, st.st_mtime, now) and self._due_at(c) > now:
+            if not unchanged and self._due_at(c) > now:
                 self._schedule(c)
                 continue
             chosen.append(c)
             taken.add(path)
         return chosen
+
+    def _look_again(self, cand: Candidate, now: float) -> bool | None:
+        """Look at a file once more before it is taken: True if unchanged, False if it
+        changed (its settle clock restarted), None if it is gone (no longer pending) or
+        cannot be looked at now (still pending)."""
+        try:
+            st = os.stat(cand.path)
+        except FileNotFoundError:
+            self.pending.pop(cand.path, None)
+            return None
+        except OSError:
+            return None
+        return not cand.changed(st.st_size, st.st_mtime, now)
 
     def _submit(self) -> None:
         self._submitted = 0
@@ -343,17 +353,14 @@ class IngestDaemon:
                 continue
             if path in self.busy:
                 continue  # its result from the crash is still being committed
-            try:  # as `_ready` does: the file may have gone or changed since the crash
-                st = os.stat(path)
-            except FileNotFoundError:
-                self._suspects.remove(path)
-                self.pending.pop(path, None)
-                continue
-            except OSError:
+            unchanged = self._look_again(cand, self._clock())  # gone or changed since?
+            if unchanged is None:
+                if path not in self.pending:
+                    self._suspects.remove(path)
                 continue
             self._suspects.remove(path)
             cand.suspect = False
-            if cand.changed(st.st_size, st.st_mtime, self._clock()):
+            if not unchanged:
                 self._schedule(cand)  # a new version: taken as any file, once settled
                 continue
             job = self._job(cand, str(self.layout.staging_dir()), received_now())
@@ -420,6 +427,11 @@ class IngestDaemon:
             self._start_pool()
         return out
 
+    def _suspect(self, cand: Candidate) -> None:
+        if not cand.suspect:
+            cand.suspect = True
+            self._suspects.append(cand.path)
+
     def _after_crash(self, jobs: list[Job], alone: bool) -> list[Result]:
         """A worker died (a file crashed the parser?): find the culprit and quarantine it.
 
@@ -430,20 +442,17 @@ class IngestDaemon:
         out: list[Result] = []
         for job in jobs:
             with contextlib.suppress(OSError):  # what the dead worker may have staged
-                os.unlink(job.staged)
+                job.discard_staged()
             cand = self.pending.get(job.path)
             if cand is None:
                 continue
             if not alone:
-                if not cand.suspect:
-                    cand.suspect = True
-                    self._suspects.append(job.path)
+                self._suspect(cand)
                 out.append(Skipped(job, "a worker process died; trying each file on its own"))
                 continue
             cand.attempts += 1
             if cand.attempts < MAX_CRASHES:
-                cand.suspect = True
-                self._suspects.append(job.path)
+                self._suspect(cand)
                 out.append(Skipped(job, "a worker process died with this file alone; trying again"))
                 continue
             try:

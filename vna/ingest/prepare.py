@@ -64,13 +64,22 @@ class Job:
     def staged(self) -> str:
         return os.path.join(self.staging, f"{self.token}.dcm")
 
+    def discard_staged(self) -> None:
+        """Remove the staged copy, if there is one: it is never placed unless its batch
+        commits."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.staged)
+
 
 @dataclass
 class Prepared:
     job: Job
-    staged: str
     record: InstanceRecord
     stat: tuple[int, int]  # (size, mtime_ns) of the input when it was read
+
+    @property
+    def staged(self) -> str:
+        return self.job.staged
 
 
 @dataclass
@@ -118,7 +127,6 @@ def prepare(job: Job) -> Result:
         return Skipped(job, "vanished before it was read", vanished=True)
     except OSError as exc:
         return Skipped(job, f"cannot stat: {exc.strerror}")
-    staged = job.staged
     try:
         header = part10.read_header(path, keep=True, size=before[0])
         ds = header.dataset
@@ -127,27 +135,27 @@ def prepare(job: Job) -> Result:
         touched = apply(ds, job.rules, job.received, content)
         attributes = extract(ds)
         relpath = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, sop_uid)
-        file_digest, size = part10.write_archived(header, path, staged, job.durable, touched)
+        file_digest, size = part10.write_archived(header, path, job.staged, job.durable, touched)
     except FileNotFoundError:
-        _discard(staged)
+        job.discard_staged()
         return Skipped(job, "vanished while it was read", vanished=True)
     except InvalidInput as exc:
-        _discard(staged)
+        job.discard_staged()
         return _reject(job, path, _reason(exc), str(exc), _sop_uid_of(locals().get("ds")))
     except OSError as exc:
-        _discard(staged)
+        job.discard_staged()
         return Skipped(job, f"I/O error: {exc}")
     except Exception as exc:  # a malformed file must never stop the daemon
-        _discard(staged)
+        job.discard_staged()
         logger.debug("unexpected error preparing %s", path, exc_info=True)
         return _reject(job, path, Reason.UNREADABLE, f"{type(exc).__name__}: {exc}", None)
     try:
         after = _stat(path)
     except FileNotFoundError:
-        _discard(staged)
+        job.discard_staged()
         return Skipped(job, "vanished while it was read", vanished=True)
     if after != before:
-        _discard(staged)
+        job.discard_staged()
         return Skipped(job, "changed while it was read (still being written?)")
     record = InstanceRecord(
         attributes=attributes,
@@ -159,17 +167,12 @@ def prepare(job: Job) -> Result:
         source=job.source,
         received_at=job.received,
     )
-    return Prepared(job, staged, record, before)
+    return Prepared(job, record, before)
 
 
 def _stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
-
-
-def _discard(staged: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(staged)
 
 
 def _validate_uids(ds: Dataset) -> str:
